@@ -1,0 +1,599 @@
+//! The device session: one actor per device (one phone-number endpoint).
+//!
+//! It owns the device's client connections, online state and last seen, its rate
+//! budgets, its recent request ids (idempotent resends) and its inbox seq counter: it is
+//! the single writer of its inbox order. Sends are pipelined: the session assigns ids
+//! and seqs, queues rows with the persistence pool and moves on; the ack goes out when
+//! the sender's copy and every recipient's row are durable.
+
+mod limiter;
+pub mod routing;
+mod tracker;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+
+use protocol::rest::MessageAccepted;
+use protocol::{ErrorCode, MessageRef, Priority, ServerFrame, Target};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tokio::sync::oneshot;
+
+pub use limiter::TierLimiter;
+use tracker::{RowGuard, SendTracker};
+
+use crate::clock::now_ms;
+use crate::conn::{ConnHandle, Frame};
+use crate::stats::Stats;
+use crate::store::{DeviceRecord, InboxEntry};
+use crate::tenant::TenantMsg;
+use crate::Env;
+
+/// The device session actor.
+pub struct DeviceSession;
+
+/// Arguments of a device session.
+pub struct DeviceArgs {
+    /// Shared context.
+    pub env: Arc<Env>,
+    /// The device.
+    pub device: DeviceRecord,
+    /// Its supervisor.
+    pub tenant: ActorRef<TenantMsg>,
+}
+
+/// A refused request, as REST and WebSocket report it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendError {
+    /// Stable code.
+    pub code: ErrorCode,
+    /// Detail.
+    pub message: String,
+    /// For `rate_limited`.
+    pub retry_after_ms: Option<u64>,
+}
+
+impl SendError {
+    /// An error without retry hint.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        SendError {
+            code,
+            message: message.into(),
+            retry_after_ms: None,
+        }
+    }
+}
+
+/// One send request, from a WebSocket frame or REST.
+#[derive(Debug)]
+pub struct SendRequest {
+    /// Client request id (idempotency key).
+    pub client_id: Option<String>,
+    /// Recipient.
+    pub target: Target,
+    /// Raw JSON object.
+    pub body: Arc<str>,
+    /// Rate tier.
+    pub priority: Priority,
+}
+
+/// Where the answer to a send goes.
+#[derive(Debug)]
+pub enum Responder {
+    /// The connection with this id gets an `ack` / `error` frame.
+    Conn(u64),
+    /// A REST handler waits for it.
+    Rest(oneshot::Sender<Result<MessageAccepted, SendError>>),
+}
+
+/// A message on its way, shared by every inbox row it lands in.
+#[derive(Debug)]
+pub struct Outgoing {
+    /// Message id.
+    pub message_id: Arc<str>,
+    /// Acceptance time.
+    pub ts: i64,
+    /// Sender address.
+    pub from: Arc<str>,
+    /// Recipient address (1:1).
+    pub to: Option<Arc<str>>,
+    /// Group id.
+    pub group: Option<Arc<str>>,
+    /// Raw JSON body.
+    pub body: Arc<str>,
+}
+
+impl Outgoing {
+    fn row(&self, device_id: &str, seq: u64, client_id: Option<String>) -> InboxEntry {
+        InboxEntry {
+            device_id: device_id.to_owned(),
+            seq,
+            message_id: self.message_id.clone(),
+            ts: self.ts,
+            from: self.from.clone(),
+            to: self.to.clone(),
+            group: self.group.clone(),
+            body: self.body.clone(),
+            client_id,
+        }
+    }
+
+    fn frame(&self, seq: u64) -> Frame {
+        MessageRef {
+            message_id: &self.message_id,
+            seq,
+            ts: self.ts,
+            from: &self.from,
+            to: self.to.as_deref(),
+            group: self.group.as_deref(),
+            body: &self.body,
+        }
+        .encode()
+        .into()
+    }
+}
+
+/// A session's live view, for GET device and the admin tree.
+#[derive(Debug, Clone)]
+pub struct SessionInfo {
+    /// Connected clients.
+    pub connections: usize,
+    /// Last time a client was connected.
+    pub last_seen: Option<i64>,
+    /// Highest assigned seq.
+    pub last_seq: u64,
+    /// Messages this device sent.
+    pub messages_out: u64,
+    /// Messages delivered into its inbox.
+    pub messages_in: u64,
+}
+
+/// Messages of a device session.
+pub enum DeviceMsg {
+    /// A client connected; answers the inbox's last seq.
+    Attach(ConnHandle, RpcReplyPort<Result<u64, SendError>>),
+    /// A client went away.
+    Detach(u64),
+    /// This device sends a message.
+    Send(SendRequest, Responder),
+    /// A message for this device's inbox.
+    Deliver(Arc<Outgoing>, RowGuard),
+    /// An inbox row is durable: push it live (not to the excluded connection).
+    Committed(Arc<Outgoing>, u64, Option<u64>),
+    /// Every row of send `key` is durable (true) or one failed (false).
+    SendDone(u64, bool),
+    /// Push an encoded frame (status, typing) to every connection.
+    Push(Frame),
+    /// Close every connection with this code.
+    Kick(u16),
+    /// Live view.
+    Info(RpcReplyPort<SessionInfo>),
+    /// Periodic: stop when idle long enough.
+    IdleCheck,
+    /// Test hook: panic inside the session (only when test hooks are enabled).
+    InjectPanic,
+}
+
+enum Recent {
+    Pending(u64),
+    Done(MessageAccepted),
+}
+
+struct PendingSend {
+    client_id: Option<String>,
+    answer: MessageAccepted,
+    outgoing: Arc<Outgoing>,
+    responders: Vec<Responder>,
+}
+
+/// State of a device session.
+pub struct DeviceState {
+    env: Arc<Env>,
+    device: DeviceRecord,
+    address: Arc<str>,
+    tenant: ActorRef<TenantMsg>,
+    conns: Vec<ConnHandle>,
+    last_seen: Option<i64>,
+    next_seq: u64,
+    limiter: TierLimiter,
+    recent: HashMap<String, Recent>,
+    recent_order: VecDeque<String>,
+    pending: HashMap<u64, PendingSend>,
+    next_key: u64,
+    idle_since: Instant,
+    stopping: bool,
+    messages_in: u64,
+    messages_out: u64,
+}
+
+#[ractor::async_trait]
+impl Actor for DeviceSession {
+    type Msg = DeviceMsg;
+    type State = DeviceState;
+    type Arguments = DeviceArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<DeviceMsg>,
+        args: DeviceArgs,
+    ) -> Result<DeviceState, ActorProcessingErr> {
+        let env = args.env;
+        Ok(DeviceState {
+            limiter: TierLimiter::new(env.settings.rate_per_minute),
+            address: args.device.address.as_str().into(),
+            last_seen: args.device.last_seen,
+            device: args.device,
+            tenant: args.tenant,
+            conns: Vec::new(),
+            next_seq: 1,
+            recent: HashMap::new(),
+            recent_order: VecDeque::new(),
+            pending: HashMap::new(),
+            next_key: 0,
+            idle_since: Instant::now(),
+            stopping: false,
+            messages_in: 0,
+            messages_out: 0,
+            env,
+        })
+    }
+
+    async fn post_start(
+        &self,
+        myself: ActorRef<DeviceMsg>,
+        state: &mut DeviceState,
+    ) -> Result<(), ActorProcessingErr> {
+        // Rows a previous incarnation queued must be durable before we read the last seq,
+        // or we would hand out a seq twice.
+        let env = state.env.clone();
+        env.persistence.barrier(&state.device.id).await;
+        state.next_seq = env.store.last_seq(&state.device.id).await? + 1;
+        let window = env.settings.idempotency_window;
+        let mut recent = env
+            .store
+            .recent_client_ids(&state.device.id, window)
+            .await?;
+        recent.reverse();
+        for r in recent {
+            let answer = MessageAccepted {
+                message_id: r.message_id,
+                seq: r.seq,
+                ts: r.ts,
+            };
+            state.remember(r.client_id, Recent::Done(answer));
+        }
+        let period = (env.settings.session_idle / 2).max(std::time::Duration::from_millis(200));
+        myself.send_interval(period, || DeviceMsg::IdleCheck);
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<DeviceMsg>,
+        msg: DeviceMsg,
+        state: &mut DeviceState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            DeviceMsg::Attach(conn, reply) => {
+                if state.stopping {
+                    let _ = reply.send(Err(SendError::new(
+                        ErrorCode::Unavailable,
+                        "session stopping",
+                    )));
+                } else {
+                    state.conns.push(conn);
+                    state.touch_last_seen();
+                    let _ = reply.send(Ok(state.next_seq - 1));
+                }
+            }
+            DeviceMsg::Detach(conn_id) => {
+                state.conns.retain(|c| c.id != conn_id);
+                if state.conns.is_empty() {
+                    state.idle_since = Instant::now();
+                    state.touch_last_seen();
+                }
+            }
+            DeviceMsg::Send(req, responder) => state.send(&myself, req, responder).await,
+            DeviceMsg::Deliver(outgoing, guard) => {
+                state.messages_in += 1;
+                let seq = state.assign_seq();
+                let row = outgoing.row(&state.device.id, seq, None);
+                let me = myself.clone();
+                state.env.persistence.append(
+                    row,
+                    Box::new(move |result| {
+                        let ok = result.is_ok();
+                        guard.complete(&result);
+                        if ok {
+                            let _ = me.cast(DeviceMsg::Committed(outgoing, seq, None));
+                        }
+                    }),
+                );
+            }
+            DeviceMsg::Committed(outgoing, seq, exclude) => {
+                if !state.conns.is_empty() {
+                    let frame = outgoing.frame(seq);
+                    let pushed = state.push_all(frame, exclude);
+                    if pushed > 0 && exclude.is_none() {
+                        Stats::inc(&state.env.stats.messages_delivered);
+                    }
+                }
+            }
+            DeviceMsg::SendDone(key, ok) => state.finish_send(key, ok),
+            DeviceMsg::Push(frame) => {
+                state.push_all(frame, None);
+            }
+            DeviceMsg::Kick(code) => {
+                for conn in state.conns.drain(..) {
+                    conn.close.close(code);
+                }
+                state.idle_since = Instant::now();
+                state.touch_last_seen();
+            }
+            DeviceMsg::Info(reply) => {
+                let _ = reply.send(SessionInfo {
+                    connections: state.conns.len(),
+                    last_seen: state.last_seen,
+                    last_seq: state.next_seq - 1,
+                    messages_out: state.messages_out,
+                    messages_in: state.messages_in,
+                });
+            }
+            DeviceMsg::IdleCheck => {
+                let idle = state.conns.is_empty()
+                    && state.pending.is_empty()
+                    && state.idle_since.elapsed() >= state.env.settings.session_idle;
+                if idle && !state.stopping {
+                    state.stopping = true;
+                    state
+                        .env
+                        .directory
+                        .unregister(&state.device.id, &myself.get_cell());
+                    let _ = state
+                        .tenant
+                        .cast(TenantMsg::Stopping(state.device.id.clone()));
+                    let _ = myself.drain();
+                }
+            }
+            DeviceMsg::InjectPanic => {
+                if state.env.test_hooks {
+                    panic!("panic injected into device session {}", state.device.id);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl DeviceState {
+    fn assign_seq(&mut self) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        seq
+    }
+
+    fn touch_last_seen(&mut self) {
+        let now = now_ms();
+        self.last_seen = Some(now);
+        let store = self.env.store.clone();
+        let id = self.device.id.clone();
+        tokio::spawn(async move {
+            if let Err(e) = store.set_last_seen(&id, now).await {
+                tracing::warn!(device_id = %id, error = %e, "could not record last seen");
+            }
+        });
+    }
+
+    fn remember(&mut self, client_id: String, entry: Recent) {
+        if self.recent.insert(client_id.clone(), entry).is_none() {
+            self.recent_order.push_back(client_id);
+            while self.recent_order.len() > self.env.settings.idempotency_window {
+                if let Some(old) = self.recent_order.pop_front() {
+                    if matches!(self.recent.get(&old), Some(Recent::Done(_))) {
+                        self.recent.remove(&old);
+                    } else {
+                        // Still in flight: keep it, it is answered soon.
+                        self.recent_order.push_back(old);
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Pushes a frame to every connection but `exclude`; cuts off any whose buffer is
+    /// full (4408). Returns how many took it.
+    fn push_all(&mut self, frame: Frame, exclude: Option<u64>) -> usize {
+        let mut pushed = 0;
+        let mut slow = false;
+        for conn in &self.conns {
+            if Some(conn.id) == exclude {
+                continue;
+            }
+            if conn.push(frame.clone()) {
+                pushed += 1;
+            } else {
+                conn.close.close(protocol::error::close::TOO_SLOW);
+                slow = true;
+            }
+        }
+        if slow {
+            let before = self.conns.len();
+            self.conns.retain(|c| c.close.code().is_none());
+            for _ in self.conns.len()..before {
+                Stats::inc(&self.env.stats.slow_consumers);
+            }
+            if self.conns.is_empty() {
+                self.idle_since = Instant::now();
+            }
+        }
+        pushed
+    }
+
+    fn respond(
+        &mut self,
+        responder: Responder,
+        client_id: Option<&str>,
+        result: Result<MessageAccepted, SendError>,
+    ) {
+        match responder {
+            Responder::Rest(tx) => {
+                let _ = tx.send(result);
+            }
+            Responder::Conn(conn_id) => {
+                let frame = match &result {
+                    Ok(a) => ServerFrame::Ack {
+                        id: client_id,
+                        message_id: &a.message_id,
+                        seq: a.seq,
+                        ts: a.ts,
+                    }
+                    .encode(),
+                    Err(e) => ServerFrame::Error {
+                        id: client_id,
+                        code: e.code,
+                        message: &e.message,
+                        retry_after_ms: e.retry_after_ms,
+                    }
+                    .encode(),
+                };
+                if let Some(conn) = self.conns.iter().find(|c| c.id == conn_id) {
+                    if !conn.push(frame.into()) {
+                        conn.close.close(protocol::error::close::TOO_SLOW);
+                        self.conns.retain(|c| c.id != conn_id);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn send(&mut self, myself: &ActorRef<DeviceMsg>, req: SendRequest, responder: Responder) {
+        let client_id = req.client_id.clone();
+        if let Some(id) = &client_id {
+            match self.recent.get(id) {
+                Some(Recent::Done(answer)) => {
+                    let answer = answer.clone();
+                    self.respond(responder, Some(id), Ok(answer));
+                    return;
+                }
+                Some(Recent::Pending(key)) => {
+                    if let Some(p) = self.pending.get_mut(key) {
+                        p.responders.push(responder);
+                        return;
+                    }
+                }
+                None => {}
+            }
+        }
+        if let Err(wait) = self.limiter.check(req.priority) {
+            Stats::inc(&self.env.stats.rate_limited);
+            let err = SendError {
+                code: ErrorCode::RateLimited,
+                message: format!("over the {:?} budget for this device", req.priority)
+                    .to_lowercase(),
+                retry_after_ms: Some(wait.as_millis().max(1) as u64),
+            };
+            self.respond(responder, client_id.as_deref(), Err(err));
+            return;
+        }
+        let recipients = match routing::recipients(&self.env, &self.device, &req.target).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.respond(responder, client_id.as_deref(), Err(e));
+                return;
+            }
+        };
+        let (to, group) = match &req.target {
+            Target::To(a) => (Some(Arc::from(a.as_str())), None),
+            Target::Group(g) => (None, Some(Arc::from(g.as_str()))),
+        };
+        let outgoing = Arc::new(Outgoing {
+            message_id: format!("m_{}", ulid::Ulid::new()).into(),
+            ts: now_ms(),
+            from: self.address.clone(),
+            to,
+            group,
+            body: req.body,
+        });
+        let seq = self.assign_seq();
+        let key = self.next_key;
+        self.next_key += 1;
+        self.messages_out += 1;
+        let answer = MessageAccepted {
+            message_id: outgoing.message_id.to_string(),
+            seq,
+            ts: outgoing.ts,
+        };
+        let origin = match &responder {
+            Responder::Conn(id) => Some(*id),
+            Responder::Rest(_) => None,
+        };
+        self.pending.insert(
+            key,
+            PendingSend {
+                client_id: client_id.clone(),
+                answer,
+                outgoing: outgoing.clone(),
+                responders: vec![responder],
+            },
+        );
+        if let Some(id) = client_id.clone() {
+            self.remember(id, Recent::Pending(key));
+        }
+        let tracker = SendTracker::new(recipients.len() + 1, myself.clone(), key);
+        let own = RowGuard::new(&tracker);
+        let me = myself.clone();
+        let echo = outgoing.clone();
+        self.env.persistence.append(
+            outgoing.row(&self.device.id, seq, client_id),
+            Box::new(move |result| {
+                let ok = result.is_ok();
+                own.complete(&result);
+                if ok {
+                    // The sender's other connections see their own sent message.
+                    let _ = me.cast(DeviceMsg::Committed(
+                        echo,
+                        seq,
+                        Some(origin.unwrap_or(u64::MAX)),
+                    ));
+                }
+            }),
+        );
+        for device_id in recipients {
+            let guard = RowGuard::new(&tracker);
+            let msg = DeviceMsg::Deliver(outgoing.clone(), guard);
+            if let Err(e) = self.env.directory.deliver(&device_id, msg).await {
+                // The guard was dropped with the message: the send reports a failure.
+                tracing::warn!(%device_id, error = %e, "could not route message");
+            }
+        }
+        drop(tracker);
+    }
+
+    fn finish_send(&mut self, key: u64, ok: bool) {
+        let Some(p) = self.pending.remove(&key) else {
+            return;
+        };
+        let result = if ok {
+            Stats::inc(&self.env.stats.messages_acked);
+            Ok(p.answer.clone())
+        } else {
+            Err(SendError::new(
+                ErrorCode::Unavailable,
+                "the message could not be stored; retry with the same id",
+            ))
+        };
+        if let Some(id) = &p.client_id {
+            if ok {
+                self.recent
+                    .insert(id.clone(), Recent::Done(p.answer.clone()));
+            } else {
+                self.recent.remove(id);
+            }
+        }
+        let _ = &p.outgoing;
+        for responder in p.responders {
+            self.respond(responder, p.client_id.as_deref(), result.clone());
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! The directory: which device sessions are running, and address / group lookups.
+//!
+//! A sharded index shared by every actor. Starting a session goes through the tenant's
+//! supervisor, which owns the session and serializes starts and restarts.
+
+use std::sync::{Arc, OnceLock};
+
+use dashmap::DashMap;
+use ractor::{ActorRef, MessagingErr};
+
+use crate::device::DeviceMsg;
+use crate::root::RootMsg;
+use crate::store::{DeviceRecord, GroupRecord, Store, StoreError};
+use crate::tenant::TenantMsg;
+
+/// Why a device could not be reached.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RouteError {
+    /// No such device.
+    #[error("no such device")]
+    NoDevice,
+    /// The actor tree is shutting down or a supervisor is gone.
+    #[error("actor tree unavailable")]
+    Unavailable,
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Live sessions and cached lookups.
+pub struct Directory {
+    store: Arc<dyn Store>,
+    sessions: DashMap<String, ActorRef<DeviceMsg>>,
+    addresses: DashMap<(String, String), String>,
+    groups: DashMap<String, Arc<GroupRecord>>,
+    root: OnceLock<ActorRef<RootMsg>>,
+}
+
+impl Directory {
+    /// An empty directory over `store`.
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Directory {
+            store,
+            sessions: DashMap::new(),
+            addresses: DashMap::new(),
+            groups: DashMap::new(),
+            root: OnceLock::new(),
+        }
+    }
+
+    pub(crate) fn set_root(&self, root: ActorRef<RootMsg>) {
+        let _ = self.root.set(root);
+    }
+
+    /// The running session of a device, if any.
+    pub fn running(&self, device_id: &str) -> Option<ActorRef<DeviceMsg>> {
+        self.sessions.get(device_id).map(|r| r.clone())
+    }
+
+    /// Number of running device sessions.
+    pub fn running_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    pub(crate) fn register(&self, device_id: &str, session: ActorRef<DeviceMsg>) {
+        self.sessions.insert(device_id.to_owned(), session);
+    }
+
+    /// Forgets a session, only if it is still the registered one.
+    pub(crate) fn unregister(&self, device_id: &str, session: &ractor::ActorCell) {
+        self.sessions
+            .remove_if(device_id, |_, r| r.get_id() == session.get_id());
+    }
+
+    /// The running session of a device, starting it if needed.
+    pub async fn session(&self, device_id: &str) -> Result<ActorRef<DeviceMsg>, RouteError> {
+        if let Some(r) = self.running(device_id) {
+            return Ok(r);
+        }
+        let device = self
+            .store
+            .get_device(device_id)
+            .await?
+            .ok_or(RouteError::NoDevice)?;
+        self.start(device).await
+    }
+
+    /// Starts (or finds) the session of a known device.
+    pub async fn start(&self, device: DeviceRecord) -> Result<ActorRef<DeviceMsg>, RouteError> {
+        let root = self.root.get().ok_or(RouteError::Unavailable)?;
+        let tenant = ractor::call!(root, RootMsg::Tenant, device.tenant_id.clone())
+            .map_err(|_| RouteError::Unavailable)?
+            .ok_or(RouteError::Unavailable)?;
+        ractor::call!(tenant, TenantMsg::Ensure, device)
+            .map_err(|_| RouteError::Unavailable)?
+            .map_err(|_| RouteError::Unavailable)
+    }
+
+    /// Sends `msg` to a device's session, starting it if needed. A session that stopped
+    /// between lookup and send is looked up again.
+    pub async fn deliver(&self, device_id: &str, mut msg: DeviceMsg) -> Result<(), RouteError> {
+        for _ in 0..5 {
+            let session = self.session(device_id).await?;
+            match session.cast(msg) {
+                Ok(()) => return Ok(()),
+                Err(MessagingErr::SendErr(back)) => {
+                    self.unregister(device_id, &session.get_cell());
+                    msg = back;
+                    tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                }
+                Err(_) => return Err(RouteError::Unavailable),
+            }
+        }
+        Err(RouteError::Unavailable)
+    }
+
+    /// Sends `msg` only if the device's session is running (typing, presence).
+    pub fn deliver_if_running(&self, device_id: &str, msg: DeviceMsg) {
+        if let Some(s) = self.running(device_id) {
+            let _ = s.cast(msg);
+        }
+    }
+
+    /// The device id of an address in a tenant.
+    pub async fn resolve(
+        &self,
+        tenant_id: &str,
+        address: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let key = (tenant_id.to_owned(), address.to_owned());
+        if let Some(id) = self.addresses.get(&key) {
+            return Ok(Some(id.clone()));
+        }
+        let found = self.store.device_by_address(tenant_id, address).await?;
+        Ok(found.map(|d| {
+            self.addresses.insert(key, d.id.clone());
+            d.id
+        }))
+    }
+
+    /// Forgets a deleted device's address.
+    pub fn forget_address(&self, tenant_id: &str, address: &str) {
+        self.addresses
+            .remove(&(tenant_id.to_owned(), address.to_owned()));
+    }
+
+    /// A group, cached.
+    pub async fn group(&self, group_id: &str) -> Result<Option<Arc<GroupRecord>>, StoreError> {
+        if let Some(g) = self.groups.get(group_id) {
+            return Ok(Some(g.clone()));
+        }
+        let found = self.store.get_group(group_id).await?.map(Arc::new);
+        if let Some(g) = &found {
+            self.groups.insert(group_id.to_owned(), g.clone());
+        }
+        Ok(found)
+    }
+
+    /// Drops a cached group after its members changed.
+    pub fn forget_group(&self, group_id: &str) {
+        self.groups.remove(group_id);
+    }
+
+    /// Ids of every running session.
+    pub fn running_ids(&self) -> Vec<String> {
+        self.sessions.iter().map(|e| e.key().clone()).collect()
+    }
+}

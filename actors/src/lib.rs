@@ -1,0 +1,33 @@
+//! The Switchboard actor tree (ractor) and the traits it talks to.
+//!
+//! ```text
+//! root
+//! ├── persistence   writer actors, one group-commit batch in flight each
+//! └── tenant:<id>   one TenantSupervisor per tenant, started on demand
+//!     └── device:<id>  one DeviceSession per device, started on demand, stops when idle
+//! ```
+//!
+//! The directory (device id → live session, address → device id) is a sharded index
+//! shared by every actor rather than an actor of its own: lookups are on every message
+//! and must not queue behind a mailbox. Starting a session goes through the tenant
+//! supervisor, which serializes it.
+//!
+//! This crate names no database or network client: it uses [`store::Store`],
+//! [`bus::Bus`] and [`cache::Cache`], implemented by the server binary.
+
+pub mod bus;
+pub mod cache;
+pub mod clock;
+pub mod conn;
+pub mod device;
+pub mod directory;
+pub mod env;
+pub mod persistence;
+pub mod root;
+pub mod settings;
+pub mod stats;
+pub mod store;
+pub mod tenant;
+
+pub use env::Env;
+pub use settings::Settings;

@@ -1,0 +1,251 @@
+//! The persistence pool: writer actors that batch inbox rows (group commit).
+//!
+//! A writer collects rows until it holds `batch_max` of them or `linger` has passed
+//! since the first, then commits them in one transaction and only then runs each row's
+//! completion. Rows of one device always go to the same writer, and a writer commits one
+//! batch at a time, so each inbox becomes durable in seq order.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+
+use crate::stats::Stats;
+use crate::store::{InboxEntry, Store, StoreError};
+
+/// Runs once the row it came with is durable (or failed for good).
+pub type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+
+/// The writer actor.
+pub struct Writer;
+
+/// Arguments of a writer.
+pub struct WriterArgs {
+    /// Where rows go.
+    pub store: Arc<dyn Store>,
+    /// Rows per batch, at most.
+    pub batch_max: usize,
+    /// Wait for more rows this long.
+    pub linger: Duration,
+    /// Shared counters.
+    pub stats: Arc<WriterStats>,
+    /// Process counters.
+    pub global: Arc<crate::Env>,
+}
+
+/// Counters of one writer, for the admin page.
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    /// Batches committed.
+    pub batches: AtomicU64,
+    /// Rows committed.
+    pub rows: AtomicU64,
+    /// Size of the last batch.
+    pub last_batch: AtomicU64,
+    /// Commit time of the last batch, microseconds.
+    pub last_commit_us: AtomicU64,
+    /// Rows waiting for the next commit.
+    pub backlog: AtomicU64,
+}
+
+/// State of a writer.
+pub struct WriterState {
+    args: WriterArgs,
+    rows: Vec<InboxEntry>,
+    completions: Vec<Completion>,
+    barriers: Vec<RpcReplyPort<()>>,
+    timer_armed: bool,
+}
+
+/// Messages of a writer.
+pub enum WriterMsg {
+    /// Make a row durable, then run the completion.
+    Append(InboxEntry, Completion),
+    /// Answer once everything appended before is durable.
+    Barrier(RpcReplyPort<()>),
+    /// The linger timer fired.
+    Flush,
+}
+
+#[ractor::async_trait]
+impl Actor for Writer {
+    type Msg = WriterMsg;
+    type State = WriterState;
+    type Arguments = WriterArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<WriterMsg>,
+        args: WriterArgs,
+    ) -> Result<WriterState, ActorProcessingErr> {
+        Ok(WriterState {
+            rows: Vec::with_capacity(args.batch_max),
+            completions: Vec::with_capacity(args.batch_max),
+            barriers: Vec::new(),
+            timer_armed: false,
+            args,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<WriterMsg>,
+        msg: WriterMsg,
+        state: &mut WriterState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            WriterMsg::Append(row, done) => {
+                state.rows.push(row);
+                state.completions.push(done);
+                state
+                    .args
+                    .stats
+                    .backlog
+                    .store(state.rows.len() as u64, Ordering::Relaxed);
+                if state.rows.len() >= state.args.batch_max {
+                    commit(state).await;
+                } else if !state.timer_armed {
+                    state.timer_armed = true;
+                    myself.send_after(state.args.linger, || WriterMsg::Flush);
+                }
+            }
+            WriterMsg::Barrier(reply) => {
+                if state.rows.is_empty() {
+                    let _ = reply.send(());
+                } else {
+                    state.barriers.push(reply);
+                    commit(state).await;
+                }
+            }
+            WriterMsg::Flush => {
+                state.timer_armed = false;
+                if !state.rows.is_empty() {
+                    commit(state).await;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Commits the pending batch, retrying transient failures, then answers everyone waiting.
+async fn commit(state: &mut WriterState) {
+    let rows = std::mem::take(&mut state.rows);
+    let completions = std::mem::take(&mut state.completions);
+    let barriers = std::mem::take(&mut state.barriers);
+    let n = rows.len() as u64;
+    let started = Instant::now();
+    let mut result = Ok(());
+    for attempt in 0..4u32 {
+        result = state.args.store.commit_inbox(rows.clone()).await;
+        match &result {
+            Ok(()) => break,
+            Err(StoreError::Conflict(_)) => break,
+            Err(e) => {
+                tracing::warn!(error = %e, attempt, rows = n, "inbox commit failed, retrying");
+                tokio::time::sleep(Duration::from_millis(20 << attempt)).await;
+            }
+        }
+    }
+    let stats = &state.args.stats;
+    stats.backlog.store(0, Ordering::Relaxed);
+    if result.is_ok() {
+        stats.batches.fetch_add(1, Ordering::Relaxed);
+        stats.rows.fetch_add(n, Ordering::Relaxed);
+        stats.last_batch.store(n, Ordering::Relaxed);
+        stats
+            .last_commit_us
+            .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        let global: &Stats = &state.args.global.stats;
+        global.rows_committed.fetch_add(n, Ordering::Relaxed);
+        Stats::inc(&global.batches_committed);
+    } else if let Err(e) = &result {
+        tracing::error!(error = %e, rows = n, "inbox commit failed");
+    }
+    for done in completions {
+        done(result.clone());
+    }
+    for reply in barriers {
+        let _ = reply.send(());
+    }
+}
+
+/// The pool of writers; a device's rows always go to the same writer.
+pub struct PersistencePool {
+    writers: RwLock<Vec<Option<ActorRef<WriterMsg>>>>,
+    /// One stats block per writer slot.
+    pub stats: Vec<Arc<WriterStats>>,
+}
+
+impl PersistencePool {
+    /// A pool with `n` empty writer slots (filled by the root supervisor).
+    pub fn new(n: usize) -> Self {
+        let n = n.max(1);
+        PersistencePool {
+            writers: RwLock::new(vec![None; n]),
+            stats: (0..n).map(|_| Arc::new(WriterStats::default())).collect(),
+        }
+    }
+
+    /// Number of writer slots.
+    pub fn len(&self) -> usize {
+        self.stats.len()
+    }
+
+    /// Whether the pool has no slots (never: it has at least one).
+    pub fn is_empty(&self) -> bool {
+        self.stats.is_empty()
+    }
+
+    /// Installs the writer of slot `i` (after a start or restart).
+    pub fn set(&self, i: usize, writer: ActorRef<WriterMsg>) {
+        if let Ok(mut w) = self.writers.write() {
+            w[i] = Some(writer);
+        }
+    }
+
+    /// Slot of a device's writer.
+    pub fn slot_of(&self, device_id: &str) -> usize {
+        // FNV-1a: stable across restarts, cheap.
+        let mut h: u64 = 0xcbf29ce484222325;
+        for b in device_id.bytes() {
+            h = (h ^ u64::from(b)).wrapping_mul(0x100000001b3);
+        }
+        (h % self.len() as u64) as usize
+    }
+
+    fn writer(&self, slot: usize) -> Option<ActorRef<WriterMsg>> {
+        self.writers.read().ok().and_then(|w| w[slot].clone())
+    }
+
+    /// Queues a row; `done` runs after it is durable. If no writer can take it, `done`
+    /// runs at once with an error.
+    pub fn append(&self, row: InboxEntry, done: Completion) {
+        let Some(writer) = self.writer(self.slot_of(&row.device_id)) else {
+            done(Err(StoreError::Unavailable("no writer".into())));
+            return;
+        };
+        if let Err(ractor::MessagingErr::SendErr(WriterMsg::Append(_, done))) =
+            writer.cast(WriterMsg::Append(row, done))
+        {
+            done(Err(StoreError::Unavailable("writer restarting".into())));
+        }
+    }
+
+    /// Waits until every row queued for `device_id`'s writer so far is durable.
+    pub async fn barrier(&self, device_id: &str) {
+        if let Some(w) = self.writer(self.slot_of(device_id)) {
+            let _ = ractor::call!(w, WriterMsg::Barrier);
+        }
+    }
+
+    /// Waits until every writer has committed what it holds.
+    pub async fn flush_all(&self) {
+        for slot in 0..self.len() {
+            if let Some(w) = self.writer(slot) {
+                let _ = ractor::call!(w, WriterMsg::Barrier);
+            }
+        }
+    }
+}

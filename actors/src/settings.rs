@@ -1,0 +1,36 @@
+//! Tunables the actors need, filled in by the server from its configuration.
+
+use std::time::Duration;
+
+/// Settings shared by every actor.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Per-device budget per minute for critical, high, normal, low.
+    pub rate_per_minute: [u32; 4],
+    /// Frames buffered per connection before a slow reader is cut off (4408).
+    pub outbound_buffer: usize,
+    /// A device session with no connection stops after this long.
+    pub session_idle: Duration,
+    /// Client request ids remembered per device for idempotent resends.
+    pub idempotency_window: usize,
+    /// Rows per group-commit batch, at most.
+    pub batch_max: usize,
+    /// How long a writer waits for more rows before committing.
+    pub linger: Duration,
+    /// Number of writer actors.
+    pub writers: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            rate_per_minute: [200, 100, 60, 30],
+            outbound_buffer: 1024,
+            session_idle: Duration::from_secs(60),
+            idempotency_window: 1024,
+            batch_max: 2048,
+            linger: Duration::from_millis(2),
+            writers: 1,
+        }
+    }
+}

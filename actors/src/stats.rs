@@ -1,0 +1,29 @@
+//! Process-wide counters, read by `/metrics` and the admin endpoints.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Counters updated by the actors and the transport.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Messages accepted and acked.
+    pub messages_acked: AtomicU64,
+    /// Inbox entries pushed live to at least one connection.
+    pub messages_delivered: AtomicU64,
+    /// Inbox rows committed.
+    pub rows_committed: AtomicU64,
+    /// Group-commit batches committed.
+    pub batches_committed: AtomicU64,
+    /// Sends refused for rate limits.
+    pub rate_limited: AtomicU64,
+    /// Device sessions restarted after a failure.
+    pub session_restarts: AtomicU64,
+    /// Connections cut off for reading too slowly.
+    pub slow_consumers: AtomicU64,
+}
+
+impl Stats {
+    /// Adds one to a counter.
+    pub fn inc(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,135 @@
+//! Command-line options of the load generator.
+
+use anyhow::{bail, Result};
+use clap::Parser;
+
+/// Text shown after the option list of `--help`.
+const AFTER_HELP: &str = "\
+Open files: every connection uses one file descriptor in this process (and one in the
+server). Raise the soft limit in the shell that starts loadgen (and the server) first, e.g.
+`ulimit -n $(ulimit -Hn)`; loadgen warns when --devices does not fit the current limit.
+
+Server rate limits: the server limits sends per device (RATE_LIMIT_NORMAL, 60/minute by
+default). For throughput runs start it with a high limit, e.g. RATE_LIMIT_NORMAL=100000000,
+otherwise most sends are answered with `rate_limited` errors.
+
+Examples:
+  idle memory at 10,000 connections:
+    loadgen --devices 10000 --rate 0 --hold 5 --server-pid <pid>
+  throughput:
+    loadgen --devices 1000 --rate 20000 --duration 20";
+
+/// Switchboard load generator: N device connections sending 1:1 messages at a target rate.
+///
+/// Creates a tenant and N devices over REST, opens one WebSocket per device, sends
+/// `send` frames at the target total rate, and reports acks, deliveries, losses and
+/// latency percentiles (and the server's memory with --server-pid).
+#[derive(Debug, Clone, Parser)]
+#[command(name = "loadgen", version, after_help = AFTER_HELP)]
+pub struct Args {
+    /// Server base URL.
+    #[arg(long, default_value = "http://127.0.0.1:3000")]
+    pub url: String,
+
+    /// Admin bearer token (default: the ADMIN_TOKEN environment variable).
+    #[arg(long)]
+    pub admin_token: Option<String>,
+
+    /// Number of devices (one WebSocket connection each).
+    #[arg(long, default_value_t = 100)]
+    pub devices: usize,
+
+    /// Target total messages per second across all connections (0: connect only, idle).
+    #[arg(long, default_value_t = 1000.0)]
+    pub rate: f64,
+
+    /// Measured sending time in seconds (after the warm-up).
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+
+    /// Sending time in seconds before measuring starts (not counted).
+    #[arg(long, default_value_t = 2.0)]
+    pub warmup: f64,
+
+    /// Size in bytes of the padding text field in each message body.
+    #[arg(long, default_value_t = 64)]
+    pub body_bytes: usize,
+
+    /// Server process id: report its VmRSS before connecting, when connected, at the end.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+
+    /// Devices being created / connected at the same time.
+    #[arg(long, default_value_t = 200)]
+    pub connect_concurrency: usize,
+
+    /// Give up on the connect phase after this many seconds.
+    #[arg(long, default_value_t = 120.0)]
+    pub connect_timeout: f64,
+
+    /// Also print the final report as one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Keep the connections open and idle this many seconds before sending.
+    #[arg(long, default_value_t = 0.0)]
+    pub hold: f64,
+}
+
+impl Args {
+    /// Checks value ranges and resolves the admin token from the environment.
+    pub fn validate(&mut self) -> Result<()> {
+        if self.admin_token.is_none() {
+            self.admin_token = std::env::var("ADMIN_TOKEN").ok().filter(|t| !t.is_empty());
+        }
+        if self.admin_token.is_none() {
+            bail!("no admin token: pass --admin-token or set ADMIN_TOKEN");
+        }
+        if self.devices == 0 {
+            bail!("--devices must be at least 1");
+        }
+        if self.devices > 10_000_000 {
+            bail!("--devices must be at most 10,000,000 (7-digit addresses)");
+        }
+        if self.connect_concurrency == 0 {
+            bail!("--connect-concurrency must be at least 1");
+        }
+        for (name, v) in [
+            ("--rate", self.rate),
+            ("--duration", self.duration),
+            ("--warmup", self.warmup),
+            ("--hold", self.hold),
+            ("--connect-timeout", self.connect_timeout),
+        ] {
+            if !v.is_finite() || v < 0.0 {
+                bail!("{name} must be a non-negative number");
+            }
+        }
+        if self.rate > 0.0 && self.duration <= 0.0 {
+            bail!("--duration must be positive when --rate is");
+        }
+        if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
+            bail!("--url must start with http:// (got {})", self.url);
+        }
+        while self.url.ends_with('/') {
+            self.url.pop();
+        }
+        Ok(())
+    }
+
+    /// The WebSocket base URL matching `--url` (`http://h:p` → `ws://h:p`).
+    pub fn ws_base(&self) -> String {
+        if let Some(rest) = self.url.strip_prefix("https://") {
+            format!("wss://{rest}")
+        } else if let Some(rest) = self.url.strip_prefix("http://") {
+            format!("ws://{rest}")
+        } else {
+            self.url.clone()
+        }
+    }
+
+    /// The admin token (present after [`Args::validate`]).
+    pub fn admin_token(&self) -> &str {
+        self.admin_token.as_deref().unwrap_or_default()
+    }
+}

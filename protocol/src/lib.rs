@@ -1,0 +1,16 @@
+//! Switchboard wire types: WebSocket frames, REST bodies and the error table.
+//!
+//! This crate has no runtime and does no I/O. It is shared by the server, the tests and
+//! the load generator so that every side agrees on field names. JSON shapes are pinned by
+//! the snapshot tests in `tests/shapes.rs`.
+
+pub mod error;
+pub mod frames;
+pub mod rest;
+pub mod validate;
+
+pub use error::ErrorCode;
+pub use frames::{
+    encode_page, ClientFrame, FrameError, MessageItem, MessageRef, Priority, ReceiptStatus,
+    ServerFrame, Target, TypingState,
+};

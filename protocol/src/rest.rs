@@ -1,0 +1,199 @@
+//! REST request and response bodies (`/admin/tenants` and the `/v1` API).
+
+use serde::{Deserialize, Serialize};
+
+use crate::frames::{MessageItem, Priority};
+
+/// `POST /admin/tenants` body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct CreateTenant {
+    /// Display name.
+    pub name: String,
+}
+
+/// `POST /admin/tenants` answer; `api_key` is shown only here.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct TenantCreated {
+    /// New tenant id.
+    pub tenant_id: String,
+    /// Display name.
+    pub name: String,
+    /// The tenant's API key (stored hashed; shown once).
+    pub api_key: String,
+}
+
+/// `POST /v1/devices` body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct CreateDevice {
+    /// E.164 address, unique within the tenant.
+    pub address: String,
+    /// Display name.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// A device as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Device {
+    /// Device id.
+    pub device_id: String,
+    /// E.164 address.
+    pub address: String,
+    /// Display name.
+    pub name: Option<String>,
+    /// Whether at least one client is connected now.
+    pub connected: bool,
+    /// When a client was last connected (Unix ms), if ever.
+    pub last_seen: Option<i64>,
+    /// Creation time (Unix ms).
+    pub created_at: i64,
+}
+
+/// `GET /v1/devices` answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct DeviceList {
+    /// One page of devices, ordered by id.
+    pub devices: Vec<Device>,
+    /// Pass as `after` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub next_after: Option<String>,
+}
+
+/// `POST /v1/devices/{id}/tokens` body (optional).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct CreateToken {
+    /// Lifetime in seconds (default from configuration, at most 30 days).
+    #[serde(default)]
+    pub ttl_secs: Option<u64>,
+}
+
+/// `POST /v1/devices/{id}/tokens` answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct TokenCreated {
+    /// JWT for `GET /v1/ws?token=…`.
+    pub token: String,
+    /// Expiry (Unix ms).
+    pub expires_at: i64,
+}
+
+/// One contact of a device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Contact {
+    /// E.164 address.
+    pub address: String,
+    /// Display name.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// Contacts list, as body of `PUT` and answer of `GET /v1/devices/{id}/contacts`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Contacts {
+    /// The contacts.
+    pub contacts: Vec<Contact>,
+}
+
+/// Most contacts one `PUT` may carry.
+pub const MAX_CONTACTS_PER_CALL: usize = 10_000;
+
+/// `PUT /v1/devices/{id}/contacts` answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Upserted {
+    /// How many contacts were inserted or updated.
+    pub upserted: usize,
+}
+
+/// `POST /v1/groups` body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct CreateGroup {
+    /// Display name.
+    pub name: String,
+    /// Member addresses (devices of the tenant).
+    pub members: Vec<String>,
+}
+
+/// A group.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Group {
+    /// Group id.
+    pub group_id: String,
+    /// Display name.
+    pub name: String,
+    /// Member addresses, sorted.
+    pub members: Vec<String>,
+    /// Creation time (Unix ms).
+    pub created_at: i64,
+}
+
+/// `POST /v1/groups/{id}/members` body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct GroupMembers {
+    /// Addresses to add.
+    pub members: Vec<String>,
+}
+
+/// Largest number of members a group may have.
+pub const MAX_GROUP_MEMBERS: usize = 1024;
+
+/// `POST /v1/devices/{id}/messages` body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SendMessage {
+    /// Recipient address (or use `group`).
+    #[serde(default)]
+    pub to: Option<String>,
+    /// Recipient group (or use `to`).
+    #[serde(default)]
+    pub group: Option<String>,
+    /// Message body: a JSON object.
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub body: Box<serde_json::value::RawValue>,
+    /// Rate tier (default normal).
+    #[serde(default)]
+    pub priority: Option<Priority>,
+    /// Optional idempotency key (same rules as the WebSocket `id`).
+    #[serde(default)]
+    pub id: Option<String>,
+}
+
+/// Answer to a synchronous send, once durable.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct MessageAccepted {
+    /// Message id.
+    pub message_id: String,
+    /// Seq of the copy in the sender's inbox.
+    pub seq: u64,
+    /// Acceptance time (Unix ms).
+    pub ts: i64,
+}
+
+/// `GET /v1/devices/{id}/messages` answer (and the shape of a WS `messages` page).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct MessagePage {
+    /// Messages in seq order.
+    pub items: Vec<MessageItem>,
+    /// Pass as `after_seq` for the next page.
+    pub next_after_seq: u64,
+    /// Whether more follow.
+    pub more: bool,
+}
+
+/// Default page size for `sync` and history.
+pub const DEFAULT_PAGE: u32 = 100;
+/// Largest page size for `sync` and history.
+pub const MAX_PAGE: u32 = 1000;

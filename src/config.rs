@@ -1,0 +1,222 @@
+//! Configuration: `config/default.toml` < `config/<profile>.toml` < environment.
+//!
+//! Environment names: `SWITCHBOARD_<FIELD>` for every field (e.g. `SWITCHBOARD_BIND`,
+//! `SWITCHBOARD_DATA_DIR`), and the replaced system's names as they are
+//! (`ADMIN_TOKEN`, `RATE_LIMIT_NORMAL`, `REDIS_HOST`, `DB_MAX_POOL_SIZE`, …).
+
+use std::path::PathBuf;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// Every setting of the server. Field names are the lower-case environment names.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    /// Address to listen on (`SWITCHBOARD_BIND`); port 0 picks a free one.
+    pub bind: String,
+    /// Where the embedded store, admin token and signing secret live.
+    pub data_dir: PathBuf,
+    /// Admin bearer token; generated and kept in the data dir when unset.
+    pub admin_token: Option<String>,
+    /// Device-token signing secret; generated and kept in the data dir when unset.
+    pub jwt_secret: Option<String>,
+    /// Default device-token lifetime.
+    pub token_ttl_secs: u64,
+    /// Largest accepted WebSocket frame (bytes); larger ones close with 1009.
+    pub max_frame_bytes: usize,
+    /// Server ping period; a client silent for two periods is dropped.
+    pub heartbeat_ms: u64,
+    /// Frames buffered per connection before a slow reader is cut off (4408).
+    pub outbound_buffer: usize,
+    /// A device session with no client stops after this long.
+    pub session_idle_secs: u64,
+    /// Per-device critical-tier budget per minute.
+    pub rate_limit_critical: u32,
+    /// Per-device high-tier budget per minute.
+    pub rate_limit_high: u32,
+    /// Per-device normal-tier budget per minute.
+    pub rate_limit_normal: u32,
+    /// Per-device low-tier budget per minute.
+    pub rate_limit_low: u32,
+    /// Rows per group-commit batch, at most.
+    pub persist_batch_max: usize,
+    /// Group-commit linger (ms).
+    pub persist_linger_ms: u64,
+    /// Number of persistence writer actors.
+    pub persist_writers: usize,
+    /// `normal` (survives a process kill) or `full` (also survives power loss).
+    pub sqlite_synchronous: String,
+    /// `pretty` or `json`.
+    pub log_format: String,
+    /// HTTP worker threads (0: one per core).
+    pub workers: usize,
+    /// Seconds to wait for in-flight HTTP requests on shutdown.
+    pub shutdown_timeout_secs: u64,
+    /// Enables test-only hooks such as panic injection. Never in production.
+    pub test_hooks: bool,
+    /// Idempotency window: request ids remembered per device.
+    pub idempotency_window: usize,
+    /// MongoDB URI (scale-out backend; accepted, not used by the embedded default).
+    pub mongodb_uri: Option<String>,
+    /// Redis URL (scale-out backend; accepted, not used by the embedded default).
+    pub redis_url: Option<String>,
+    /// Legacy Redis settings, accepted as they are.
+    pub redis_host: Option<String>,
+    /// Legacy Redis port.
+    pub redis_port: Option<u16>,
+    /// Legacy Redis password.
+    pub redis_password: Option<String>,
+    /// Legacy Redis database.
+    pub redis_db: Option<u32>,
+    /// Legacy Redis queue database.
+    pub redis_queue_db: Option<u32>,
+    /// Legacy MongoDB pool settings.
+    pub db_max_pool_size: Option<u32>,
+    /// Legacy MongoDB pool minimum.
+    pub db_min_pool_size: Option<u32>,
+    /// Legacy MongoDB idle time (ms).
+    pub db_max_idle_time: Option<u64>,
+    /// Legacy MongoDB server selection timeout (ms).
+    pub db_server_selection_timeout: Option<u64>,
+    /// Legacy MongoDB socket timeout (ms).
+    pub db_socket_timeout: Option<u64>,
+    /// Legacy MongoDB connect timeout (ms).
+    pub db_connect_timeout: Option<u64>,
+    /// Legacy: create indexes on start.
+    pub db_auto_index: Option<bool>,
+    /// Queue workers for messages.
+    pub queue_message_concurrency: Option<u32>,
+    /// Queue workers for contact syncs.
+    pub queue_contact_concurrency: Option<u32>,
+    /// Attempts per queued job.
+    pub queue_default_attempts: Option<u32>,
+    /// Cache TTL of user sessions (s).
+    pub cache_ttl_user_session: Option<u64>,
+    /// Cache TTL of contacts (s).
+    pub cache_ttl_whatsapp_contacts: Option<u64>,
+    /// Cache TTL of device status (s).
+    pub cache_ttl_device_status: Option<u64>,
+    /// Most entries in the in-process cache.
+    pub cache_max_items: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            bind: "127.0.0.1:3000".into(),
+            data_dir: PathBuf::from("./data"),
+            admin_token: None,
+            jwt_secret: None,
+            token_ttl_secs: 24 * 3600,
+            max_frame_bytes: 64 * 1024,
+            heartbeat_ms: 30_000,
+            outbound_buffer: 1024,
+            session_idle_secs: 60,
+            rate_limit_critical: 200,
+            rate_limit_high: 100,
+            rate_limit_normal: 60,
+            rate_limit_low: 30,
+            persist_batch_max: 2048,
+            persist_linger_ms: 2,
+            persist_writers: 1,
+            sqlite_synchronous: "normal".into(),
+            log_format: "pretty".into(),
+            workers: 0,
+            shutdown_timeout_secs: 5,
+            test_hooks: false,
+            idempotency_window: 1024,
+            mongodb_uri: None,
+            redis_url: None,
+            redis_host: None,
+            redis_port: None,
+            redis_password: None,
+            redis_db: None,
+            redis_queue_db: None,
+            db_max_pool_size: None,
+            db_min_pool_size: None,
+            db_max_idle_time: None,
+            db_server_selection_timeout: None,
+            db_socket_timeout: None,
+            db_connect_timeout: None,
+            db_auto_index: None,
+            queue_message_concurrency: None,
+            queue_contact_concurrency: None,
+            queue_default_attempts: None,
+            cache_ttl_user_session: None,
+            cache_ttl_whatsapp_contacts: None,
+            cache_ttl_device_status: None,
+            cache_max_items: 100_000,
+        }
+    }
+}
+
+/// Environment names of the replaced system, accepted without prefix.
+const LEGACY_ENV: &[&str] = &[
+    "ADMIN_TOKEN",
+    "JWT_SECRET",
+    "LOG_FORMAT",
+    "MONGODB_URI",
+    "REDIS_URL",
+    "REDIS_HOST",
+    "REDIS_PORT",
+    "REDIS_PASSWORD",
+    "REDIS_DB",
+    "REDIS_QUEUE_DB",
+    "DB_MAX_POOL_SIZE",
+    "DB_MIN_POOL_SIZE",
+    "DB_MAX_IDLE_TIME",
+    "DB_SERVER_SELECTION_TIMEOUT",
+    "DB_SOCKET_TIMEOUT",
+    "DB_CONNECT_TIMEOUT",
+    "DB_AUTO_INDEX",
+    "QUEUE_MESSAGE_CONCURRENCY",
+    "QUEUE_CONTACT_CONCURRENCY",
+    "QUEUE_DEFAULT_ATTEMPTS",
+    "RATE_LIMIT_NORMAL",
+    "RATE_LIMIT_HIGH",
+    "RATE_LIMIT_CRITICAL",
+    "RATE_LIMIT_LOW",
+    "CACHE_TTL_USER_SESSION",
+    "CACHE_TTL_WHATSAPP_CONTACTS",
+    "CACHE_TTL_DEVICE_STATUS",
+    "CACHE_MAX_ITEMS",
+];
+
+impl Config {
+    /// Loads defaults, then `<dir>/default.toml`, `<dir>/<profile>.toml`
+    /// (`SWITCHBOARD_PROFILE`), then the environment. `dir` is `SWITCHBOARD_CONFIG_DIR`
+    /// or `./config`; missing files are skipped.
+    pub fn load() -> Result<Config, Box<figment::Error>> {
+        let dir = std::env::var("SWITCHBOARD_CONFIG_DIR").unwrap_or_else(|_| "config".into());
+        let profile = std::env::var("SWITCHBOARD_PROFILE").ok();
+        let mut fig = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::file(format!("{dir}/default.toml")));
+        if let Some(p) = profile {
+            fig = fig.merge(Toml::file(format!("{dir}/{p}.toml")));
+        }
+        fig.merge(Env::raw().only(LEGACY_ENV))
+            .merge(Env::prefixed("SWITCHBOARD_").ignore(&["PROFILE", "CONFIG_DIR"]))
+            .extract()
+            .map_err(Box::new)
+    }
+
+    /// The actor tree's settings.
+    pub fn actor_settings(&self) -> actors::Settings {
+        actors::Settings {
+            rate_per_minute: [
+                self.rate_limit_critical,
+                self.rate_limit_high,
+                self.rate_limit_normal,
+                self.rate_limit_low,
+            ],
+            outbound_buffer: self.outbound_buffer.max(8),
+            session_idle: std::time::Duration::from_secs(self.session_idle_secs.max(1)),
+            idempotency_window: self.idempotency_window.max(1),
+            batch_max: self.persist_batch_max.max(1),
+            linger: std::time::Duration::from_millis(self.persist_linger_ms),
+            writers: self.persist_writers.max(1),
+        }
+    }
+}

@@ -1,0 +1,265 @@
+//! Devices, their tokens and their contacts.
+
+use actix_web::{delete, get, post, put, web, HttpResponse};
+use actors::clock::now_ms;
+use actors::device::DeviceMsg;
+use actors::store::DeviceRecord;
+use protocol::rest::{
+    Contacts, CreateDevice, CreateToken, Device, DeviceList, TokenCreated, Upserted,
+    MAX_CONTACTS_PER_CALL,
+};
+use protocol::ErrorCode;
+use serde::Deserialize;
+
+use super::check_address;
+use crate::auth::{DeviceClaims, TenantAuth};
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// Longest device token lifetime a caller may ask for.
+const MAX_TOKEN_TTL_SECS: u64 = 30 * 24 * 3600;
+
+/// Loads a device of the caller's tenant: 404 if missing, 403 if another tenant's.
+pub async fn owned_device(
+    state: &AppState,
+    tenant: &TenantAuth,
+    id: &str,
+) -> Result<DeviceRecord, ApiError> {
+    let device = state
+        .env
+        .store
+        .get_device(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no device {id}")))?;
+    if device.tenant_id != tenant.0 {
+        return Err(ApiError::new(
+            ErrorCode::Forbidden,
+            "this device belongs to another tenant",
+        ));
+    }
+    Ok(device)
+}
+
+/// The API view of a device, with live presence from its session when running.
+pub async fn device_view(state: &AppState, d: DeviceRecord) -> Device {
+    let mut connected = false;
+    let mut last_seen = d.last_seen;
+    if let Some(session) = state.env.directory.running(&d.id) {
+        if let Ok(info) = ractor::call!(session, DeviceMsg::Info) {
+            connected = info.connections > 0;
+            last_seen = info.last_seen.or(last_seen);
+        }
+    }
+    Device {
+        device_id: d.id,
+        address: d.address,
+        name: d.name,
+        connected,
+        last_seen,
+        created_at: d.created_at,
+    }
+}
+
+/// `POST /v1/devices`: registers a device (an address) in the caller's tenant.
+#[utoipa::path(post, path = "/v1/devices", tag = "devices", request_body = CreateDevice,
+    responses((status = 201, body = Device), (status = 409, body = protocol::error::ErrorBody)))]
+#[post("/v1/devices")]
+pub async fn create_device(
+    tenant: TenantAuth,
+    state: web::Data<AppState>,
+    body: web::Json<CreateDevice>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.into_inner();
+    check_address("address", &body.address)?;
+    if body.name.as_ref().is_some_and(|n| n.len() > 200) {
+        return Err(ApiError::bad_request(
+            "`name` must be at most 200 characters",
+        ));
+    }
+    let device = DeviceRecord {
+        id: format!("d_{}", ulid::Ulid::new().to_string().to_lowercase()),
+        tenant_id: tenant.0.clone(),
+        address: body.address,
+        name: body.name,
+        created_at: now_ms(),
+        last_seen: None,
+    };
+    state
+        .env
+        .store
+        .create_device(device.clone())
+        .await
+        .map_err(|e| match e {
+            actors::store::StoreError::Conflict(_) => ApiError::new(
+                ErrorCode::Conflict,
+                format!("address {} already exists in this tenant", device.address),
+            ),
+            other => other.into(),
+        })?;
+    Ok(HttpResponse::Created().json(device_view(&state, device).await))
+}
+
+/// Paging of `GET /v1/devices`.
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+/// `GET /v1/devices?after=&limit=`: the caller's devices, by id.
+#[utoipa::path(get, path = "/v1/devices", tag = "devices",
+    params(("after" = Option<String>, Query, description = "last device id of the previous page"),
+           ("limit" = Option<usize>, Query, description = "page size, 1 to 1000 (default 100)")),
+    responses((status = 200, body = DeviceList)))]
+#[get("/v1/devices")]
+pub async fn list_devices(
+    tenant: TenantAuth,
+    state: web::Data<AppState>,
+    q: web::Query<ListQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad_request("`limit` must be 1 to 1000"));
+    }
+    let page = state
+        .env
+        .store
+        .list_devices(&tenant.0, q.after.as_deref(), limit + 1)
+        .await?;
+    let more = page.len() > limit;
+    let mut devices = Vec::with_capacity(limit);
+    for d in page.into_iter().take(limit) {
+        devices.push(device_view(&state, d).await);
+    }
+    let next_after = more
+        .then(|| devices.last().map(|d| d.device_id.clone()))
+        .flatten();
+    Ok(HttpResponse::Ok().json(DeviceList {
+        devices,
+        next_after,
+    }))
+}
+
+/// `GET /v1/devices/{id}`: one device with its presence.
+#[utoipa::path(get, path = "/v1/devices/{id}", tag = "devices",
+    params(("id" = String, Path, description = "device id")),
+    responses((status = 200, body = Device), (status = 403, body = protocol::error::ErrorBody),
+              (status = 404, body = protocol::error::ErrorBody)))]
+#[get("/v1/devices/{id}")]
+pub async fn get_device(
+    tenant: TenantAuth,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let device = owned_device(&state, &tenant, &id).await?;
+    Ok(HttpResponse::Ok().json(device_view(&state, device).await))
+}
+
+/// `DELETE /v1/devices/{id}`: removes a device, its inbox and contacts; its clients
+/// are disconnected (4401) and its tokens stop working.
+#[utoipa::path(delete, path = "/v1/devices/{id}", tag = "devices",
+    params(("id" = String, Path, description = "device id")),
+    responses((status = 204), (status = 404, body = protocol::error::ErrorBody)))]
+#[delete("/v1/devices/{id}")]
+pub async fn delete_device(
+    tenant: TenantAuth,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let device = owned_device(&state, &tenant, &id).await?;
+    state.env.store.delete_device(&device.id).await?;
+    state
+        .env
+        .directory
+        .forget_address(&device.tenant_id, &device.address);
+    if let Some(session) = state.env.directory.running(&device.id) {
+        let _ = session.cast(DeviceMsg::Kick(protocol::error::close::TOKEN_EXPIRED));
+    }
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// `POST /v1/devices/{id}/tokens`: a device token (JWT) for `GET /v1/ws`.
+#[utoipa::path(post, path = "/v1/devices/{id}/tokens", tag = "devices",
+    params(("id" = String, Path, description = "device id")),
+    request_body(content = Option<CreateToken>, description = "optional `ttl_secs`"),
+    responses((status = 201, body = TokenCreated)))]
+#[post("/v1/devices/{id}/tokens")]
+pub async fn create_token(
+    tenant: TenantAuth,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+    body: Option<web::Json<CreateToken>>,
+) -> Result<HttpResponse, ApiError> {
+    let device = owned_device(&state, &tenant, &id).await?;
+    let ttl = body
+        .and_then(|b| b.ttl_secs)
+        .unwrap_or(state.config.token_ttl_secs);
+    if ttl == 0 || ttl > MAX_TOKEN_TTL_SECS {
+        return Err(ApiError::bad_request(format!(
+            "`ttl_secs` must be 1 to {MAX_TOKEN_TTL_SECS}"
+        )));
+    }
+    let now_s = (now_ms() / 1000) as u64;
+    let claims = DeviceClaims {
+        sub: device.id,
+        tid: device.tenant_id,
+        exp: now_s + ttl,
+        iat: now_s,
+    };
+    let token = state.tokens.issue(&claims)?;
+    Ok(HttpResponse::Created().json(TokenCreated {
+        token,
+        expires_at: (claims.exp * 1000) as i64,
+    }))
+}
+
+/// `PUT /v1/devices/{id}/contacts`: inserts or updates up to 10,000 contacts.
+#[utoipa::path(put, path = "/v1/devices/{id}/contacts", tag = "contacts",
+    params(("id" = String, Path, description = "device id")),
+    request_body = Contacts,
+    responses((status = 200, body = Upserted), (status = 413, body = protocol::error::ErrorBody)))]
+#[put("/v1/devices/{id}/contacts")]
+pub async fn put_contacts(
+    tenant: TenantAuth,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+    body: web::Json<Contacts>,
+) -> Result<HttpResponse, ApiError> {
+    let device = owned_device(&state, &tenant, &id).await?;
+    let contacts = body.into_inner().contacts;
+    if contacts.len() > MAX_CONTACTS_PER_CALL {
+        return Err(ApiError::new(
+            ErrorCode::TooLarge,
+            format!("at most {MAX_CONTACTS_PER_CALL} contacts per call"),
+        ));
+    }
+    for (i, c) in contacts.iter().enumerate() {
+        check_address(&format!("contacts[{i}].address"), &c.address)?;
+        if c.name.as_ref().is_some_and(|n| n.len() > 200) {
+            return Err(ApiError::bad_request(format!(
+                "`contacts[{i}].name` must be at most 200 characters"
+            )));
+        }
+    }
+    let upserted = state
+        .env
+        .store
+        .upsert_contacts(&device.id, &contacts)
+        .await?;
+    Ok(HttpResponse::Ok().json(Upserted { upserted }))
+}
+
+/// `GET /v1/devices/{id}/contacts`: all contacts, by address.
+#[utoipa::path(get, path = "/v1/devices/{id}/contacts", tag = "contacts",
+    params(("id" = String, Path, description = "device id")),
+    responses((status = 200, body = Contacts)))]
+#[get("/v1/devices/{id}/contacts")]
+pub async fn get_contacts(
+    tenant: TenantAuth,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let device = owned_device(&state, &tenant, &id).await?;
+    let contacts = state.env.store.list_contacts(&device.id).await?;
+    Ok(HttpResponse::Ok().json(Contacts { contacts }))
+}

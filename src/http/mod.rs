@@ -1,0 +1,43 @@
+//! REST handlers. Each handler's doc comment starts with its route.
+
+pub mod admin;
+pub mod devices;
+pub mod groups;
+pub mod messages;
+pub mod ops;
+
+use actix_web::web;
+
+use crate::error::ApiError;
+
+/// Registers every REST route.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(admin::create_tenant)
+        .service(admin::inject_panic)
+        .service(devices::create_device)
+        .service(devices::list_devices)
+        .service(devices::get_device)
+        .service(devices::delete_device)
+        .service(devices::create_token)
+        .service(devices::put_contacts)
+        .service(devices::get_contacts)
+        .service(groups::create_group)
+        .service(groups::get_group)
+        .service(groups::add_members)
+        .service(groups::remove_member)
+        .service(messages::send_message)
+        .service(messages::history)
+        .service(ops::health)
+        .service(ops::openapi_json);
+}
+
+/// Validates an E.164 address field.
+pub fn check_address(field: &str, address: &str) -> Result<(), ApiError> {
+    if protocol::validate::is_e164(address) {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "`{field}` must be an E.164 address like +15550001, got {address:?}"
+        )))
+    }
+}

@@ -1,0 +1,74 @@
+//! `/health` and `/openapi.json`.
+
+use actix_web::{get, web, HttpResponse};
+use serde_json::json;
+use utoipa::OpenApi;
+
+use crate::state::AppState;
+
+/// The REST API description, generated from the handlers' annotations.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Switchboard",
+        description = "Multi-tenant realtime messaging server. \
+        Admin routes take `Authorization: Bearer <ADMIN_TOKEN>`, `/v1` routes the tenant's \
+        API key. The WebSocket protocol (`GET /v1/ws?token=`) is described in protocol/README.md."
+    ),
+    paths(
+        super::admin::create_tenant,
+        super::devices::create_device,
+        super::devices::list_devices,
+        super::devices::get_device,
+        super::devices::delete_device,
+        super::devices::create_token,
+        super::devices::put_contacts,
+        super::devices::get_contacts,
+        super::groups::create_group,
+        super::groups::get_group,
+        super::groups::add_members,
+        super::groups::remove_member,
+        super::messages::send_message,
+        super::messages::history,
+        health,
+    )
+)]
+pub struct ApiDoc;
+
+/// `GET /openapi.json`: the OpenAPI 3 document of the REST API.
+#[get("/openapi.json")]
+pub async fn openapi_json() -> HttpResponse {
+    HttpResponse::Ok().json(ApiDoc::openapi())
+}
+
+/// `GET /health`: liveness and readiness of each dependency; 503 when not ready.
+#[utoipa::path(get, path = "/health", tag = "operations",
+    responses((status = 200, description = "ready"), (status = 503, description = "not ready")))]
+#[get("/health")]
+pub async fn health(state: web::Data<AppState>) -> HttpResponse {
+    let started = std::time::Instant::now();
+    let store = state.env.store.last_seq("__health__").await;
+    let store_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let shutting_down = *state.shutdown.borrow();
+    let ready = store.is_ok() && !shutting_down;
+    let body = json!({
+        "status": if ready { "ok" } else { "unavailable" },
+        "live": true,
+        "ready": ready,
+        "shutting_down": shutting_down,
+        "checks": {
+            "store": {
+                "backend": "sqlite",
+                "ok": store.is_ok(),
+                "latency_ms": store_ms,
+                "error": store.err().map(|e| e.to_string()),
+            }
+        },
+        "sessions": state.env.directory.running_count(),
+    });
+    if ready {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    }
+}

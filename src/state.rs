@@ -1,0 +1,33 @@
+//! What every handler shares.
+
+use std::sync::Arc;
+
+use actors::root::RootMsg;
+use actors::Env;
+use dashmap::DashMap;
+use ractor::ActorRef;
+use tokio::sync::watch;
+
+use crate::auth::TokenKeys;
+use crate::config::Config;
+use crate::store::sqlite::SqliteStore;
+
+/// Shared application state (`web::Data<AppState>`).
+pub struct AppState {
+    /// The actor tree's context.
+    pub env: Arc<Env>,
+    /// The root supervisor.
+    pub root: ActorRef<RootMsg>,
+    /// The embedded store (for its admin statistics).
+    pub sqlite: Arc<SqliteStore>,
+    /// Configuration.
+    pub config: Arc<Config>,
+    /// The admin bearer token.
+    pub admin_token: String,
+    /// Device-token signing keys.
+    pub tokens: TokenKeys,
+    /// API key hash → tenant id, so authentication costs no store read.
+    pub api_keys: DashMap<String, String>,
+    /// Flips to true when the server starts shutting down.
+    pub shutdown: watch::Receiver<bool>,
+}

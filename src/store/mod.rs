@@ -1,0 +1,3 @@
+//! Backends implementing the actor crate's `Store` trait.
+
+pub mod sqlite;

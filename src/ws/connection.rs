@@ -1,0 +1,297 @@
+//! One WebSocket connection: a reader task (frames in, heartbeats, close) and a writer
+//! task (frames out from a bounded buffer). The reader parses and validates frames and
+//! hands them to the device session; it never blocks on a slow client.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_ws::{AggregatedMessage, CloseCode, CloseReason, Session};
+use actors::conn::{next_conn_id, CloseSignal, ConnHandle, Frame};
+use actors::device::{routing, DeviceMsg, Responder, SendRequest};
+use actors::store::DeviceRecord;
+use protocol::error::close;
+use protocol::{ClientFrame, ErrorCode, ServerFrame};
+use ractor::ActorRef;
+use tokio::sync::mpsc;
+
+use crate::http::messages::read_page;
+use crate::state::AppState;
+
+/// A connection before it runs.
+pub struct Connection {
+    state: Arc<AppState>,
+    device: DeviceRecord,
+    token_exp_s: u64,
+    id: u64,
+}
+
+/// How the reader loop ended.
+enum End {
+    /// The client closed or vanished: nothing to send.
+    ClientGone,
+    /// Close with this code and reason.
+    Close(u16, &'static str),
+}
+
+impl Connection {
+    /// A connection for an authenticated device.
+    pub fn new(state: Arc<AppState>, device: DeviceRecord, token_exp_s: u64) -> Self {
+        Connection {
+            state,
+            device,
+            token_exp_s,
+            id: next_conn_id(),
+        }
+    }
+
+    /// Attaches to the device session, sends `ready`, then serves frames until closed.
+    pub async fn run(self, mut session: Session, stream: actix_ws::MessageStream) {
+        let max = self.state.config.max_frame_bytes;
+        let mut stream = stream
+            .max_frame_size(max)
+            .aggregate_continuations()
+            .max_continuation_size(max);
+        let (tx, rx) = mpsc::channel::<Frame>(self.state.env.settings.outbound_buffer);
+        let signal = Arc::new(CloseSignal::default());
+        let Some((device_ref, last_seq)) = self.attach(&tx, &signal).await else {
+            close_with(session, close::RESTARTING, "server restarting").await;
+            return;
+        };
+        let ready = ServerFrame::Ready {
+            device_id: &self.device.id,
+            tenant_id: &self.device.tenant_id,
+            address: &self.device.address,
+            last_seq,
+            heartbeat_ms: self.state.config.heartbeat_ms,
+        }
+        .encode();
+        if session.text(ready).await.is_err() {
+            let _ = device_ref.cast(DeviceMsg::Detach(self.id));
+            return;
+        }
+        let writer = actix_web::rt::spawn(write_frames(session.clone(), rx));
+        let end = self
+            .read_frames(&mut session, &mut stream, &device_ref, &tx, &signal)
+            .await;
+        writer.abort();
+        let _ = device_ref.cast(DeviceMsg::Detach(self.id));
+        if let End::Close(code, reason) = end {
+            tracing::debug!(device_id = %self.device.id, conn_id = self.id, code, reason, "closing connection");
+            // A slow reader's socket may never drain: bound the close.
+            actix_web::rt::spawn(async move {
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(10),
+                    close_with(session, code, reason),
+                )
+                .await;
+            });
+        }
+    }
+
+    async fn attach(
+        &self,
+        tx: &mpsc::Sender<Frame>,
+        signal: &Arc<CloseSignal>,
+    ) -> Option<(ActorRef<DeviceMsg>, u64)> {
+        for _ in 0..5 {
+            let device_ref = self
+                .state
+                .env
+                .directory
+                .session(&self.device.id)
+                .await
+                .ok()?;
+            let handle = ConnHandle {
+                id: self.id,
+                tx: tx.clone(),
+                close: signal.clone(),
+            };
+            match ractor::call!(device_ref, DeviceMsg::Attach, handle) {
+                Ok(Ok(last_seq)) => return Some((device_ref, last_seq)),
+                // The session is draining: the supervisor starts a fresh one.
+                _ => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+        None
+    }
+
+    async fn read_frames(
+        &self,
+        session: &mut Session,
+        stream: &mut actix_ws::AggregatedMessageStream,
+        device_ref: &ActorRef<DeviceMsg>,
+        tx: &mpsc::Sender<Frame>,
+        signal: &CloseSignal,
+    ) -> End {
+        let heartbeat = Duration::from_millis(self.state.config.heartbeat_ms.max(10));
+        let mut ticker = tokio::time::interval(heartbeat);
+        ticker.tick().await;
+        let mut last_heard = Instant::now();
+        let now_s = (actors::clock::now_ms() / 1000) as u64;
+        let expiry =
+            tokio::time::sleep(Duration::from_secs(self.token_exp_s.saturating_sub(now_s)));
+        tokio::pin!(expiry);
+        let mut shutdown = self.state.shutdown.clone();
+        loop {
+            tokio::select! {
+                _ = signal.wait() => {
+                    let code = signal.code().unwrap_or(close::RESTARTING);
+                    return End::Close(code, close_reason(code));
+                }
+                _ = &mut expiry => return End::Close(close::TOKEN_EXPIRED, "token expired"),
+                _ = shutdown.changed() => return End::Close(close::RESTARTING, "server restarting"),
+                _ = ticker.tick() => {
+                    if last_heard.elapsed() > heartbeat * 2 {
+                        return End::Close(close::HEARTBEAT_TIMEOUT, "heartbeat timeout");
+                    }
+                    // A full socket buffer means a slow reader; the writer side handles it.
+                    let _ = tokio::time::timeout(Duration::from_millis(50), session.ping(b"hb")).await;
+                }
+                msg = stream.recv() => {
+                    last_heard = Instant::now();
+                    match msg {
+                        Some(Ok(AggregatedMessage::Text(text))) => {
+                            if let Err(end) = self.on_text(&text, device_ref, tx).await {
+                                return end;
+                            }
+                        }
+                        Some(Ok(AggregatedMessage::Binary(_))) => {
+                            let frame = error_frame(None, ErrorCode::BadRequest, "binary frames are not supported; send JSON text", None);
+                            if tx.try_send(frame).is_err() {
+                                return End::Close(close::TOO_SLOW, "too slow");
+                            }
+                        }
+                        Some(Ok(AggregatedMessage::Ping(bytes))) => {
+                            let _ = tokio::time::timeout(Duration::from_millis(50), session.pong(&bytes)).await;
+                        }
+                        Some(Ok(AggregatedMessage::Pong(_))) => {}
+                        Some(Ok(AggregatedMessage::Close(_))) | None => return End::ClientGone,
+                        Some(Err(actix_ws::ProtocolError::Overflow)) => {
+                            return End::Close(close::TOO_LARGE, "frame too large");
+                        }
+                        Some(Err(e)) => {
+                            tracing::debug!(conn_id = self.id, error = %e, "protocol error");
+                            return End::Close(1002, "protocol error");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Handles one text frame. `Err` ends the connection.
+    async fn on_text(
+        &self,
+        text: &str,
+        device_ref: &ActorRef<DeviceMsg>,
+        tx: &mpsc::Sender<Frame>,
+    ) -> Result<(), End> {
+        let reply = |frame: Frame| {
+            tx.try_send(frame)
+                .map_err(|_| End::Close(close::TOO_SLOW, "too slow"))
+        };
+        let frame = match ClientFrame::decode(text) {
+            Ok(f) => f,
+            Err(e) => return reply(error_frame(e.id.as_deref(), e.code, &e.message, None)),
+        };
+        let env = &self.state.env;
+        match frame {
+            ClientFrame::Send {
+                id,
+                target,
+                body,
+                priority,
+            } => {
+                let req = SendRequest {
+                    client_id: id.clone(),
+                    target,
+                    body: Arc::from(body.get()),
+                    priority,
+                };
+                if device_ref
+                    .cast(DeviceMsg::Send(req, Responder::Conn(self.id)))
+                    .is_err()
+                {
+                    return reply(error_frame(
+                        id.as_deref(),
+                        ErrorCode::Unavailable,
+                        "device session restarting; retry",
+                        None,
+                    ));
+                }
+                Ok(())
+            }
+            ClientFrame::Receipt {
+                id,
+                message_ids,
+                status,
+            } => match routing::receipts(env, &self.device, &message_ids, status).await {
+                Ok(()) => Ok(()),
+                Err(e) => reply(error_frame(id.as_deref(), e.code, &e.message, None)),
+            },
+            ClientFrame::Sync {
+                id,
+                after_seq,
+                limit,
+            } => {
+                match read_page(env, &self.device.id, after_seq, limit, Some(id.as_deref())).await {
+                    Ok(page) => reply(page.into()),
+                    Err(e) => reply(error_frame(id.as_deref(), e.code, &e.message, None)),
+                }
+            }
+            ClientFrame::Typing { target, state } => {
+                match routing::typing(env, &self.device, &target, state).await {
+                    Ok(()) => Ok(()),
+                    Err(e) => reply(error_frame(None, e.code, &e.message, None)),
+                }
+            }
+            ClientFrame::Ping { id } => {
+                reply(ServerFrame::Pong { id: id.as_deref() }.encode().into())
+            }
+        }
+    }
+}
+
+fn error_frame(
+    id: Option<&str>,
+    code: ErrorCode,
+    message: &str,
+    retry_after_ms: Option<u64>,
+) -> Frame {
+    ServerFrame::Error {
+        id,
+        code,
+        message,
+        retry_after_ms,
+    }
+    .encode()
+    .into()
+}
+
+fn close_reason(code: u16) -> &'static str {
+    match code {
+        close::TOO_SLOW => "too slow: outbound buffer full",
+        close::TOKEN_EXPIRED => "token expired or device deleted",
+        close::KICKED => "disconnected by an operator",
+        close::TOO_LARGE => "frame too large",
+        _ => "server restarting",
+    }
+}
+
+async fn close_with(session: Session, code: u16, reason: &str) {
+    let _ = session
+        .close(Some(CloseReason {
+            code: CloseCode::from(code),
+            description: Some(reason.to_owned()),
+        }))
+        .await;
+}
+
+/// Writes queued frames to the socket, in order.
+async fn write_frames(mut session: Session, mut rx: mpsc::Receiver<Frame>) {
+    while let Some(frame) = rx.recv().await {
+        if session.text(frame.to_string()).await.is_err() {
+            break;
+        }
+    }
+}

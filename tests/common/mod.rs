@@ -1,0 +1,299 @@
+//! Shared helpers for the end-to-end tests: a real server on port 0 in this process
+//! (or the real binary as a child process), and small HTTP / WebSocket clients.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use switchboard::config::Config;
+use switchboard::server::Running;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// How long a test waits for any one frame or answer.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A server started for one test, with its own data directory.
+pub struct TestServer {
+    pub running: Option<Running>,
+    pub base: String,
+    pub ws_base: String,
+    pub admin_token: String,
+    pub http: reqwest::Client,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestServer {
+    /// Starts a server with test defaults.
+    pub async fn start() -> TestServer {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts a server after `tweak` adjusts the configuration.
+    pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config {
+            bind: "127.0.0.1:0".into(),
+            data_dir: dir.path().to_path_buf(),
+            test_hooks: true,
+            workers: 2,
+            ..Config::default()
+        };
+        tweak(&mut config);
+        let running = switchboard::server::start(config).await.unwrap();
+        let addr = running.addr;
+        TestServer {
+            base: format!("http://{addr}"),
+            ws_base: format!("ws://{addr}"),
+            admin_token: running.admin_token.clone(),
+            running: Some(running),
+            http: reqwest::Client::new(),
+            dir,
+        }
+    }
+
+    /// Creates a tenant through the admin API.
+    pub async fn tenant(&self) -> Tenant {
+        let (status, body) = self
+            .call(
+                "POST",
+                "/admin/tenants",
+                Some(&self.admin_token),
+                Some(json!({"name": "test"})),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        Tenant {
+            id: body["tenant_id"].as_str().unwrap().to_owned(),
+            key: body["api_key"].as_str().unwrap().to_owned(),
+            base: self.base.clone(),
+            ws_base: self.ws_base.clone(),
+            http: self.http.clone(),
+        }
+    }
+
+    /// One HTTP call; returns status and JSON body (Null when empty or not JSON).
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        bearer: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        call(&self.http, &self.base, method, path, bearer, body).await
+    }
+
+    /// Stops the server (drain) and waits for it.
+    pub async fn stop(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown().await;
+        }
+    }
+}
+
+/// One HTTP call against `base`.
+pub async fn call(
+    http: &reqwest::Client,
+    base: &str,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+    let mut req = http.request(method, format!("{base}{path}"));
+    if let Some(b) = bearer {
+        req = req.bearer_auth(b);
+    }
+    if let Some(body) = body {
+        req = req.json(&body);
+    }
+    let res = tokio::time::timeout(WAIT, req.send())
+        .await
+        .expect("HTTP timeout")
+        .unwrap();
+    let status = res.status().as_u16();
+    let text = res.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+static NEXT_ADDRESS: AtomicU32 = AtomicU32::new(1);
+
+/// A fresh E.164 address.
+pub fn address() -> String {
+    format!("+1555{:07}", NEXT_ADDRESS.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A tenant and its API key.
+#[derive(Clone)]
+pub struct Tenant {
+    pub id: String,
+    pub key: String,
+    pub base: String,
+    pub ws_base: String,
+    pub http: reqwest::Client,
+}
+
+/// A device of a tenant.
+#[derive(Clone, Debug)]
+pub struct Device {
+    pub id: String,
+    pub address: String,
+}
+
+impl Tenant {
+    /// An HTTP call with this tenant's API key.
+    pub async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        call(&self.http, &self.base, method, path, Some(&self.key), body).await
+    }
+
+    /// Registers a device with a fresh address.
+    pub async fn device(&self) -> Device {
+        let address = address();
+        let (status, body) = self
+            .call(
+                "POST",
+                "/v1/devices",
+                Some(json!({"address": address, "name": "test device"})),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        Device {
+            id: body["device_id"].as_str().unwrap().to_owned(),
+            address,
+        }
+    }
+
+    /// A device token.
+    pub async fn token(&self, device: &Device) -> String {
+        let (status, body) = self
+            .call("POST", &format!("/v1/devices/{}/tokens", device.id), None)
+            .await;
+        assert_eq!(status, 201, "{body}");
+        body["token"].as_str().unwrap().to_owned()
+    }
+
+    /// Connects a WebSocket client for `device` and reads its `ready` frame.
+    pub async fn connect(&self, device: &Device) -> Ws {
+        let token = self.token(device).await;
+        Ws::connect(&self.ws_base, &token).await
+    }
+}
+
+/// A WebSocket client.
+pub struct Ws {
+    pub stream: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    pub ready: Value,
+}
+
+impl Ws {
+    /// Connects with a token and waits for `ready`.
+    pub async fn connect(ws_base: &str, token: &str) -> Ws {
+        let (stream, _) = tokio::time::timeout(
+            WAIT,
+            tokio_tungstenite::connect_async(format!("{ws_base}/v1/ws?token={token}")),
+        )
+        .await
+        .expect("connect timeout")
+        .unwrap();
+        let mut ws = Ws {
+            stream,
+            ready: Value::Null,
+        };
+        let ready = ws.recv().await;
+        assert_eq!(ready["type"], "ready", "{ready}");
+        ws.ready = ready;
+        ws
+    }
+
+    /// Sends one JSON frame.
+    pub async fn send(&mut self, frame: Value) {
+        self.stream
+            .send(Message::text(frame.to_string()))
+            .await
+            .unwrap();
+    }
+
+    /// Sends raw text.
+    pub async fn send_text(&mut self, text: impl Into<String>) {
+        self.stream.send(Message::text(text.into())).await.unwrap();
+    }
+
+    /// The next JSON frame (pings and pongs skipped); panics on close or timeout.
+    pub async fn recv(&mut self) -> Value {
+        loop {
+            let msg = tokio::time::timeout(WAIT, self.stream.next())
+                .await
+                .expect("timed out waiting for a frame")
+                .expect("stream ended")
+                .expect("socket error");
+            match msg {
+                Message::Text(t) => return serde_json::from_str(&t).unwrap(),
+                Message::Close(c) => panic!("closed: {c:?}"),
+                _ => continue,
+            }
+        }
+    }
+
+    /// The next frame of type `kind`, skipping others.
+    pub async fn recv_type(&mut self, kind: &str) -> Value {
+        loop {
+            let v = self.recv().await;
+            if v["type"] == kind {
+                return v;
+            }
+        }
+    }
+
+    /// Waits up to `d` for a frame; None if none came.
+    pub async fn try_recv(&mut self, d: Duration) -> Option<Value> {
+        loop {
+            let msg = tokio::time::timeout(d, self.stream.next())
+                .await
+                .ok()??
+                .ok()?;
+            match msg {
+                Message::Text(t) => return serde_json::from_str(&t).ok(),
+                Message::Close(_) => return None,
+                _ => continue,
+            }
+        }
+    }
+
+    /// Reads until the server closes; returns the close code (skips other frames).
+    pub async fn expect_close(&mut self) -> u16 {
+        loop {
+            let msg = tokio::time::timeout(WAIT * 3, self.stream.next())
+                .await
+                .expect("timed out waiting for close");
+            match msg {
+                Some(Ok(Message::Close(Some(frame)))) => return u16::from(frame.code),
+                Some(Ok(Message::Close(None))) => return u16::from(CloseCode::Status),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => panic!("socket error before close frame: {e}"),
+                None => panic!("stream ended without close frame"),
+            }
+        }
+    }
+
+    /// Sends a message and returns the ack (or error) frame answering it.
+    pub async fn send_to(&mut self, id: &str, to: &str, body: Value) -> Value {
+        self.send(json!({"type": "send", "id": id, "to": to, "body": body}))
+            .await;
+        self.answer(id).await
+    }
+
+    /// The next `ack` or `error` carrying request id `id`.
+    pub async fn answer(&mut self, id: &str) -> Value {
+        loop {
+            let v = self.recv().await;
+            if (v["type"] == "ack" || v["type"] == "error") && v["id"] == id {
+                return v;
+            }
+        }
+    }
+}
