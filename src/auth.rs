@@ -53,14 +53,20 @@ impl TokenKeys {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 0;
         validation.set_required_spec_claims(&["exp", "sub"]);
-        jsonwebtoken::decode::<DeviceClaims>(token, &self.decoding, &validation)
+        let claims = jsonwebtoken::decode::<DeviceClaims>(token, &self.decoding, &validation)
             .map(|d| d.claims)
             .map_err(|e| match e.kind() {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => {
                     ApiError::unauthorized("device token expired")
                 }
                 _ => ApiError::unauthorized("invalid device token"),
-            })
+            })?;
+        // JWT `exp` has whole seconds and the library accepts `now == exp`; a token is
+        // expired from the first millisecond of its `exp` second, as the live close is.
+        if (claims.exp as i64).saturating_mul(1000) <= actors::clock::now_ms() {
+            return Err(ApiError::unauthorized("device token expired"));
+        }
+        Ok(claims)
     }
 }
 
@@ -113,8 +119,9 @@ impl FromRequest for TenantAuth {
             let hash = key.ok_or_else(|| {
                 ApiError::unauthorized("API key required (Authorization: Bearer …)")
             })?;
-            if let Some(tenant) = state.api_keys.get(&hash) {
-                return Ok(TenantAuth(tenant.clone()));
+            let cache_key = format!("apikey:{hash}");
+            if let Some(tenant) = state.cache.get(&cache_key).await {
+                return Ok(TenantAuth(tenant));
             }
             let tenant = state
                 .env
@@ -122,7 +129,11 @@ impl FromRequest for TenantAuth {
                 .tenant_by_key_hash(&hash)
                 .await?
                 .ok_or_else(|| ApiError::unauthorized("invalid API key"))?;
-            state.api_keys.insert(hash, tenant.id.clone());
+            let ttl = state.config.cache_ttl_user_session.unwrap_or(3600);
+            state
+                .cache
+                .set(&cache_key, tenant.id.clone(), std::time::Duration::from_secs(ttl))
+                .await;
             Ok(TenantAuth(tenant.id))
         })
     }

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use actix_web::{web, App, HttpServer};
 use actors::Env;
-use dashmap::DashMap;
 use tokio::sync::watch;
 
 use crate::auth::TokenKeys;
@@ -73,7 +72,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         sqlite,
         admin_token: admin_token.clone(),
         tokens: TokenKeys::new(&jwt_secret),
-        api_keys: DashMap::new(),
+        cache: Arc::new(actors::cache::MemoryCache::new(config.cache_max_items)),
         shutdown: shutdown_rx,
         config: Arc::new(config.clone()),
     });

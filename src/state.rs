@@ -4,7 +4,6 @@ use std::sync::Arc;
 
 use actors::root::RootMsg;
 use actors::Env;
-use dashmap::DashMap;
 use ractor::ActorRef;
 use tokio::sync::watch;
 
@@ -26,8 +25,9 @@ pub struct AppState {
     pub admin_token: String,
     /// Device-token signing keys.
     pub tokens: TokenKeys,
-    /// API key hash → tenant id, so authentication costs no store read.
-    pub api_keys: DashMap<String, String>,
+    /// Shared cache: API key hash → tenant id (`apikey:<hash>`), so authentication
+    /// usually costs no store read.
+    pub cache: Arc<dyn actors::cache::Cache>,
     /// Flips to true when the server starts shutting down.
     pub shutdown: watch::Receiver<bool>,
 }

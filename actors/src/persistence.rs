@@ -80,7 +80,7 @@ impl Actor for Writer {
         args: WriterArgs,
     ) -> Result<WriterState, ActorProcessingErr> {
         Ok(WriterState {
-            rows: Vec::with_capacity(args.batch_max),
+            rows: Vec::new(),
             completions: Vec::with_capacity(args.batch_max),
             barriers: Vec::new(),
             timer_armed: false,
@@ -131,14 +131,14 @@ impl Actor for Writer {
 
 /// Commits the pending batch, retrying transient failures, then answers everyone waiting.
 async fn commit(state: &mut WriterState) {
-    let rows = std::mem::take(&mut state.rows);
+    let rows = Arc::new(std::mem::take(&mut state.rows));
     let completions = std::mem::take(&mut state.completions);
     let barriers = std::mem::take(&mut state.barriers);
     let n = rows.len() as u64;
     let started = Instant::now();
     let mut result = Ok(());
     for attempt in 0..4u32 {
-        result = state.args.store.commit_inbox(rows.clone()).await;
+        result = state.args.store.commit_inbox(Arc::clone(&rows)).await;
         match &result {
             Ok(()) => break,
             Err(StoreError::Conflict(_)) => break,
@@ -149,6 +149,7 @@ async fn commit(state: &mut WriterState) {
         }
     }
     let stats = &state.args.stats;
+    tracing::debug!(rows = n, commit_us = started.elapsed().as_micros() as u64, "batch committed");
     stats.backlog.store(0, Ordering::Relaxed);
     if result.is_ok() {
         stats.batches.fetch_add(1, Ordering::Relaxed);

@@ -17,6 +17,10 @@ pub struct Stats {
     pub rate_limited: AtomicU64,
     /// Device sessions restarted after a failure.
     pub session_restarts: AtomicU64,
+    /// Contact lists served from a session's cache.
+    pub contact_cache_hits: AtomicU64,
+    /// Contact lists loaded from the store.
+    pub contact_cache_misses: AtomicU64,
     /// Connections cut off for reading too slowly.
     pub slow_consumers: AtomicU64,
 }

@@ -70,7 +70,7 @@ pub struct GroupRecord {
 #[derive(Debug, Clone)]
 pub struct InboxEntry {
     /// Inbox owner.
-    pub device_id: String,
+    pub device_id: Arc<str>,
     /// Position in the owner's inbox.
     pub seq: u64,
     /// Message id (shared by every copy).
@@ -147,7 +147,7 @@ pub trait Store: Send + Sync + 'static {
     async fn set_group_members(&self, id: &str, members: &[String]) -> StoreResult<()>;
 
     /// Commits inbox rows in one transaction (group commit).
-    async fn commit_inbox(&self, rows: Vec<InboxEntry>) -> StoreResult<()>;
+    async fn commit_inbox(&self, rows: Arc<Vec<InboxEntry>>) -> StoreResult<()>;
     /// Highest seq in a device's inbox (0 when empty).
     async fn last_seq(&self, device_id: &str) -> StoreResult<u64>;
     /// Inbox rows with `seq > after_seq`, in seq order, at most `limit`.

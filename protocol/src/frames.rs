@@ -136,6 +136,8 @@ pub enum ClientFrame {
     },
     /// Typing indicator; never stored.
     Typing {
+        /// Client request id (echoed only in an error).
+        id: Option<String>,
         /// Recipient.
         target: Target,
         /// Composing or paused.
@@ -186,7 +188,7 @@ impl ClientFrame {
             code: ErrorCode::BadRequest,
             message: format!("invalid frame: {e}"),
         })?;
-        let id = raw.id.clone();
+        let id = raw.id.clone().filter(|i| i.len() <= MAX_CLIENT_ID_LEN);
         raw.into_frame().map_err(|message| FrameError {
             id,
             code: ErrorCode::BadRequest,
@@ -262,7 +264,11 @@ impl RawClientFrame {
                     Some("paused") => TypingState::Paused,
                     _ => return Err("`state` must be composing or paused".into()),
                 };
-                Ok(ClientFrame::Typing { target, state })
+                Ok(ClientFrame::Typing {
+                    id: self.id,
+                    target,
+                    state,
+                })
             }
             "ping" => Ok(ClientFrame::Ping { id: self.id }),
             other => Err(format!("unknown frame type {other:?}")),

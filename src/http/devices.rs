@@ -246,6 +246,10 @@ pub async fn put_contacts(
         .store
         .upsert_contacts(&device.id, &contacts)
         .await?;
+    state
+        .env
+        .directory
+        .deliver_if_running(&device.id, DeviceMsg::InvalidateContacts);
     Ok(HttpResponse::Ok().json(Upserted { upserted }))
 }
 
@@ -260,6 +264,8 @@ pub async fn get_contacts(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let device = owned_device(&state, &tenant, &id).await?;
-    let contacts = state.env.store.list_contacts(&device.id).await?;
-    Ok(HttpResponse::Ok().json(Contacts { contacts }))
+    let session = state.env.directory.session(&device.id).await?;
+    let contacts = ractor::call!(session, DeviceMsg::Contacts)
+        .map_err(|_| ApiError::new(ErrorCode::Unavailable, "device session restarting; retry"))??;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "contacts": &*contacts })))
 }

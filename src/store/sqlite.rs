@@ -75,12 +75,10 @@ CREATE TABLE IF NOT EXISTS inbox (
     recipient TEXT,
     group_id TEXT,
     body TEXT NOT NULL,
-    client_id TEXT,
-    PRIMARY KEY (device_id, seq)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS inbox_message ON inbox (device_id, message_id);
-CREATE UNIQUE INDEX IF NOT EXISTS inbox_client_id ON inbox (device_id, client_id)
-    WHERE client_id IS NOT NULL;
+    client_id TEXT
+);
+CREATE UNIQUE INDEX IF NOT EXISTS inbox_device_seq ON inbox (device_id, seq);
+CREATE INDEX IF NOT EXISTS inbox_message ON inbox (message_id);
 ";
 
 const DEVICE_COLUMNS: &str = "id, tenant_id, address, name, created_at, last_seen";
@@ -206,6 +204,26 @@ fn encode_members(members: &[String]) -> StoreResult<String> {
         .map_err(|e| StoreError::Unavailable(format!("encoding group members: {e}")))
 }
 
+/// Copies the WAL back into the database file from a thread of its own, so commits
+/// never stall on a checkpoint (the writer's automatic checkpoint is only a backstop).
+/// Stops when the store is dropped.
+fn spawn_checkpointer(conn: Connection, store: std::sync::Weak<Inner>) {
+    let spawned = std::thread::Builder::new()
+        .name("sqlite-checkpoint".into())
+        .spawn(move || loop {
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            if store.upgrade().is_none() {
+                break;
+            }
+            if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                tracing::warn!(error = %e, "WAL checkpoint failed");
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "could not start the WAL checkpointer; relying on autocheckpoint");
+    }
+}
+
 /// Applies the pragmas shared by every connection.
 fn configure(conn: &Connection, synchronous_full: bool, cache_kib: i64) -> rusqlite::Result<()> {
     conn.busy_timeout(std::time::Duration::from_millis(5000))?;
@@ -241,6 +259,7 @@ impl SqliteStore {
             tracing::warn!(path = %path.display(), mode, "SQLite did not switch to WAL");
         }
         configure(&writer, synchronous_full, 64 * 1024).map_err(unavailable)?;
+        writer.pragma_update(None, "wal_autocheckpoint", 100000).map_err(unavailable)?;
         writer.execute_batch(SCHEMA).map_err(unavailable)?;
 
         let mut readers = Vec::with_capacity(READERS);
@@ -252,14 +271,17 @@ impl SqliteStore {
             readers.push(Mutex::new(conn));
         }
 
+        let checkpointer = Connection::open(path).map_err(unavailable)?;
+        configure(&checkpointer, synchronous_full, 1024).map_err(unavailable)?;
+
         tracing::info!(path = %path.display(), synchronous_full, "SQLite store opened");
-        Ok(SqliteStore {
-            inner: Arc::new(Inner {
-                writer: Mutex::new(writer),
-                readers,
-                next_reader: AtomicUsize::new(0),
-            }),
-        })
+        let inner = Arc::new(Inner {
+            writer: Mutex::new(writer),
+            readers,
+            next_reader: AtomicUsize::new(0),
+        });
+        spawn_checkpointer(checkpointer, Arc::downgrade(&inner));
+        Ok(SqliteStore { inner })
     }
 
     /// Runs `f` on the writer connection, on the blocking pool.
@@ -347,8 +369,8 @@ impl Inner {
     }
 }
 
-/// Inserts inbox rows inside an open transaction. A duplicate client id for the
-/// device is retried without it; a duplicate `(device_id, seq)` is a `Conflict`.
+/// Inserts inbox rows inside an open transaction; a duplicate `(device_id, seq)` is a
+/// `Conflict`. Request ids are not unique here: the device session deduplicates them.
 fn insert_inbox_rows(conn: &Connection, rows: &[InboxEntry]) -> StoreResult<()> {
     let mut stmt = conn
         .prepare_cached(
@@ -358,10 +380,9 @@ fn insert_inbox_rows(conn: &Connection, rows: &[InboxEntry]) -> StoreResult<()> 
         )
         .map_err(unavailable)?;
     for row in rows {
-        let seq = to_i64(row.seq, "seq")?;
-        let result = stmt.execute(params![
-            row.device_id,
-            seq,
+        stmt.execute(params![
+            &*row.device_id,
+            to_i64(row.seq, "seq")?,
             &*row.message_id,
             row.ts,
             &*row.from,
@@ -369,35 +390,8 @@ fn insert_inbox_rows(conn: &Connection, rows: &[InboxEntry]) -> StoreResult<()> 
             row.group.as_deref(),
             &*row.body,
             row.client_id.as_deref(),
-        ]);
-        match result {
-            Ok(_) => {}
-            Err(e)
-                if row.client_id.is_some()
-                    && e.sqlite_error().map(|s| s.extended_code)
-                        == Some(rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE) =>
-            {
-                tracing::debug!(
-                    device_id = %row.device_id,
-                    seq = row.seq,
-                    client_id = row.client_id.as_deref(),
-                    "duplicate client id in inbox; storing the row without it"
-                );
-                stmt.execute(params![
-                    row.device_id,
-                    seq,
-                    &*row.message_id,
-                    row.ts,
-                    &*row.from,
-                    row.to.as_deref(),
-                    row.group.as_deref(),
-                    &*row.body,
-                    None::<&str>,
-                ])
-                .map_err(conflict_or_unavailable)?;
-            }
-            Err(e) => return Err(conflict_or_unavailable(e)),
-        }
+        ])
+        .map_err(conflict_or_unavailable)?;
     }
     Ok(())
 }
@@ -657,7 +651,7 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn commit_inbox(&self, rows: Vec<InboxEntry>) -> StoreResult<()> {
+    async fn commit_inbox(&self, rows: Arc<Vec<InboxEntry>>) -> StoreResult<()> {
         if rows.is_empty() {
             return Ok(());
         }
@@ -712,7 +706,8 @@ impl Store for SqliteStore {
         self.read(move |conn| {
             conn.prepare_cached(&format!(
                 "SELECT {INBOX_COLUMNS} FROM inbox \
-                 WHERE device_id = ?1 AND message_id = ?2 ORDER BY seq LIMIT 1"
+                 INDEXED BY inbox_message \
+                 WHERE message_id = ?2 AND device_id = ?1 ORDER BY seq LIMIT 1"
             ))
             .and_then(|mut st| {
                 st.query_row([&device_id, &message_id], inbox_from_row)
@@ -732,12 +727,13 @@ impl Store for SqliteStore {
         let limit = limit_i64(limit);
         self.read(move |conn| {
             conn.prepare_cached(
-                "SELECT client_id, message_id, seq, ts FROM inbox \
-                 WHERE device_id = ?1 AND client_id IS NOT NULL \
-                 ORDER BY seq DESC LIMIT ?2",
+                "SELECT client_id, message_id, seq, ts FROM \
+                 (SELECT client_id, message_id, seq, ts FROM inbox \
+                  WHERE device_id = ?1 ORDER BY seq DESC LIMIT ?3) \
+                 WHERE client_id IS NOT NULL ORDER BY seq DESC LIMIT ?2",
             )
             .and_then(|mut st| {
-                st.query_map(params![device_id, limit], |r| {
+                st.query_map(params![device_id, limit, limit.saturating_mul(8)], |r| {
                     Ok(AcceptedSend {
                         client_id: r.get(0)?,
                         message_id: r.get(1)?,
@@ -757,6 +753,12 @@ impl Store for SqliteStore {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    impl SqliteStore {
+        async fn commit_vec(&self, rows: Vec<InboxEntry>) -> StoreResult<()> {
+            self.commit_inbox(Arc::new(rows)).await
+        }
+    }
 
     fn open_tmp() -> (tempfile::TempDir, SqliteStore) {
         let dir = tempfile::tempdir().unwrap();
@@ -951,7 +953,7 @@ mod tests {
     #[tokio::test]
     async fn inbox_commit_and_read() {
         let (_dir, store) = open_tmp();
-        store.commit_inbox(Vec::new()).await.unwrap();
+        store.commit_vec(Vec::new()).await.unwrap();
         assert_eq!(store.last_seq("d1").await.unwrap(), 0);
 
         // Committed out of order on purpose: reads come back in seq order.
@@ -961,12 +963,12 @@ mod tests {
             entry("d1", 2, None),
             entry("d2", 1, None),
         ];
-        store.commit_inbox(rows).await.unwrap();
+        store.commit_vec(rows).await.unwrap();
         let mut group_row = entry("d1", 4, None);
         group_row.to = None;
         group_row.group = Some(Arc::from("g1"));
         store
-            .commit_inbox(vec![group_row, entry("d1", 5, Some("c5"))])
+            .commit_vec(vec![group_row, entry("d1", 5, Some("c5"))])
             .await
             .unwrap();
 
@@ -1017,13 +1019,13 @@ mod tests {
     async fn duplicate_client_id_and_seq() {
         let (_dir, store) = open_tmp();
         store
-            .commit_inbox(vec![entry("d1", 1, Some("c1"))])
+            .commit_vec(vec![entry("d1", 1, Some("c1"))])
             .await
             .unwrap();
-        // Same client id again (other batch and within one batch): rows are kept,
-        // without the client id; the rest of the batch commits.
+        // Same client id again (other batch and within one batch): rows are kept as
+        // they are; deduplication is the device session's job.
         store
-            .commit_inbox(vec![
+            .commit_vec(vec![
                 entry("d1", 2, Some("c1")),
                 entry("d1", 3, Some("c3")),
                 entry("d1", 4, Some("c3")),
@@ -1037,22 +1039,27 @@ mod tests {
             .collect();
         assert_eq!(
             ids,
-            vec![(1, Some("c1")), (2, None), (3, Some("c3")), (4, None)]
+            vec![
+                (1, Some("c1")),
+                (2, Some("c1")),
+                (3, Some("c3")),
+                (4, Some("c3"))
+            ]
         );
         // The same client id on another device is independent.
         store
-            .commit_inbox(vec![entry("d2", 1, Some("c1"))])
+            .commit_vec(vec![entry("d2", 1, Some("c1"))])
             .await
             .unwrap();
         assert_eq!(store.recent_client_ids("d2", 10).await.unwrap().len(), 1);
 
         // A duplicate (device, seq) is a real conflict and rolls back the batch.
         let res = store
-            .commit_inbox(vec![entry("d1", 5, None), entry("d1", 3, None)])
+            .commit_vec(vec![entry("d1", 5, None), entry("d1", 3, None)])
             .await;
         assert!(matches!(res, Err(StoreError::Conflict(_))), "{res:?}");
         let res = store
-            .commit_inbox(vec![entry("d1", 6, Some("c6")), entry("d1", 6, Some("c7"))])
+            .commit_vec(vec![entry("d1", 6, Some("c6")), entry("d1", 6, Some("c7"))])
             .await;
         assert!(matches!(res, Err(StoreError::Conflict(_))), "{res:?}");
         assert_eq!(store.last_seq("d1").await.unwrap(), 4);
@@ -1074,7 +1081,7 @@ mod tests {
             .await
             .unwrap();
         store
-            .commit_inbox(vec![
+            .commit_vec(vec![
                 entry("d1", 1, Some("c1")),
                 entry("d1", 2, None),
                 entry("d2", 1, None),
@@ -1103,7 +1110,7 @@ mod tests {
             store.create_tenant(tenant("t1")).await.unwrap();
             store.create_device(device("d1", "t1", "+1")).await.unwrap();
             store
-                .commit_inbox(vec![entry("d1", 1, Some("c1")), entry("d1", 2, None)])
+                .commit_vec(vec![entry("d1", 1, Some("c1")), entry("d1", 2, None)])
                 .await
                 .unwrap();
         }
@@ -1118,7 +1125,7 @@ mod tests {
     async fn table_stats_lists_tables() {
         let (_dir, store) = open_tmp();
         store
-            .commit_inbox(vec![entry("d1", 1, None), entry("d1", 2, None)])
+            .commit_vec(vec![entry("d1", 1, None), entry("d1", 2, None)])
             .await
             .unwrap();
         let stats = store.table_stats().await.unwrap();
@@ -1129,7 +1136,7 @@ mod tests {
         let inbox = stats.iter().find(|s| s.name == "inbox").unwrap();
         assert_eq!(inbox.rows, 2);
         assert!(inbox.indexes.contains(&"inbox_message".to_string()));
-        assert!(inbox.indexes.contains(&"inbox_client_id".to_string()));
+        assert!(inbox.indexes.contains(&"inbox_device_seq".to_string()));
         let groups = stats.iter().find(|s| s.name == "groups").unwrap();
         assert!(groups.indexes.contains(&"groups_tenant".to_string()));
     }
@@ -1144,7 +1151,7 @@ mod tests {
                 let dev = format!("d{d}");
                 for seq in 1..=20u64 {
                     store
-                        .commit_inbox(vec![entry(&dev, seq, None)])
+                        .commit_vec(vec![entry(&dev, seq, None)])
                         .await
                         .unwrap();
                     assert_eq!(store.last_seq(&dev).await.unwrap(), seq);

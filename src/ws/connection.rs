@@ -169,6 +169,12 @@ impl Connection {
                         Some(Err(actix_ws::ProtocolError::Overflow)) => {
                             return End::Close(close::TOO_LARGE, "frame too large");
                         }
+                        // The aggregator reports an over-long fragmented message as I/O.
+                        Some(Err(actix_ws::ProtocolError::Io(e)))
+                            if e.to_string().contains("maximum continuation size") =>
+                        {
+                            return End::Close(close::TOO_LARGE, "message too large");
+                        }
                         Some(Err(e)) => {
                             tracing::debug!(conn_id = self.id, error = %e, "protocol error");
                             return End::Close(1002, "protocol error");
@@ -239,10 +245,10 @@ impl Connection {
                     Err(e) => reply(error_frame(id.as_deref(), e.code, &e.message, None)),
                 }
             }
-            ClientFrame::Typing { target, state } => {
+            ClientFrame::Typing { id, target, state } => {
                 match routing::typing(env, &self.device, &target, state).await {
                     Ok(()) => Ok(()),
-                    Err(e) => reply(error_frame(None, e.code, &e.message, None)),
+                    Err(e) => reply(error_frame(id.as_deref(), e.code, &e.message, None)),
                 }
             }
             ClientFrame::Ping { id } => {

@@ -297,3 +297,101 @@ impl Ws {
         }
     }
 }
+
+// ---- WebSocket test helpers (ws / ws_errors / resilience) ----
+
+impl Tenant {
+    /// `GET /v1/devices/{id}` → its `connected` flag.
+    pub async fn is_connected(&self, device: &Device) -> bool {
+        let (status, body) = self
+            .call("GET", &format!("/v1/devices/{}", device.id), None)
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body["connected"].as_bool().unwrap()
+    }
+
+    /// Polls `GET /v1/devices/{id}` until `connected == want`, up to `within`;
+    /// returns whether it got there.
+    pub async fn wait_connected(&self, device: &Device, want: bool, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if self.is_connected(device).await == want {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// A device token with a lifetime; returns the token and its `expires_at` (ms).
+    pub async fn token_with_ttl(&self, device: &Device, ttl_secs: u64) -> (String, i64) {
+        let (status, body) = self
+            .call(
+                "POST",
+                &format!("/v1/devices/{}/tokens", device.id),
+                Some(json!({ "ttl_secs": ttl_secs })),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        (
+            body["token"].as_str().unwrap().to_owned(),
+            body["expires_at"].as_i64().unwrap(),
+        )
+    }
+}
+
+impl Ws {
+    /// Sends `ping` with `id` and waits for its `pong` (other frames skipped).
+    pub async fn ping(&mut self, id: &str) {
+        self.send(json!({"type": "ping", "id": id})).await;
+        loop {
+            let v = self.recv().await;
+            if v["type"] == "pong" && v["id"] == id {
+                return;
+            }
+        }
+    }
+
+    /// One `sync` page: the `messages` frame answering request `id` (others skipped).
+    pub async fn sync_page(&mut self, id: &str, after_seq: u64, limit: u32) -> Value {
+        self.send(json!({"type": "sync", "id": id, "after_seq": after_seq, "limit": limit}))
+            .await;
+        loop {
+            let v = self.recv().await;
+            if v["id"] == id && (v["type"] == "messages" || v["type"] == "error") {
+                assert_eq!(v["type"], "messages", "{v}");
+                return v;
+            }
+        }
+    }
+
+    /// Pages with `sync` from `after_seq` until `more` is false; checks every page
+    /// (seqs strictly increasing and gap-free, `next_after_seq` = last seq) and returns
+    /// all items.
+    pub async fn sync_all(&mut self, after_seq: u64, limit: u32) -> Vec<Value> {
+        let mut out: Vec<Value> = Vec::new();
+        let mut after = after_seq;
+        for page_no in 0.. {
+            let page = self
+                .sync_page(&format!("sync-{page_no}"), after, limit)
+                .await;
+            let items = page["items"].as_array().unwrap();
+            assert!(items.len() <= limit as usize, "page over limit");
+            for item in items {
+                let seq = item["seq"].as_u64().unwrap();
+                assert_eq!(seq, after + 1, "gap or disorder in sync: {item}");
+                after = seq;
+                out.push(item.clone());
+            }
+            assert_eq!(page["next_after_seq"].as_u64(), Some(after), "{page}");
+            if page["more"] == false {
+                break;
+            }
+            assert_eq!(page["more"], true, "{page}");
+            assert!(!items.is_empty(), "more=true with an empty page");
+        }
+        out
+    }
+}

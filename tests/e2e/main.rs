@@ -4,4 +4,10 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod process;
 mod smoke;
+mod isolation;
+mod rest;
+mod ws;
+mod ws_errors;
+mod resilience;

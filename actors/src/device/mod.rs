@@ -14,7 +14,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
-use protocol::rest::MessageAccepted;
+use protocol::rest::{Contact, MessageAccepted};
 use protocol::{ErrorCode, MessageRef, Priority, ServerFrame, Target};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::oneshot;
@@ -104,9 +104,9 @@ pub struct Outgoing {
 }
 
 impl Outgoing {
-    fn row(&self, device_id: &str, seq: u64, client_id: Option<String>) -> InboxEntry {
+    fn row(&self, device_id: &Arc<str>, seq: u64, client_id: Option<String>) -> InboxEntry {
         InboxEntry {
-            device_id: device_id.to_owned(),
+            device_id: device_id.clone(),
             seq,
             message_id: self.message_id.clone(),
             ts: self.ts,
@@ -170,6 +170,10 @@ pub enum DeviceMsg {
     Info(RpcReplyPort<SessionInfo>),
     /// Periodic: stop when idle long enough.
     IdleCheck,
+    /// The device's contacts, from the session's cache (loaded on a miss).
+    Contacts(RpcReplyPort<Result<Arc<Vec<Contact>>, SendError>>),
+    /// The stored contacts changed: drop the cached copy.
+    InvalidateContacts,
     /// Test hook: panic inside the session (only when test hooks are enabled).
     InjectPanic,
 }
@@ -182,7 +186,6 @@ enum Recent {
 struct PendingSend {
     client_id: Option<String>,
     answer: MessageAccepted,
-    outgoing: Arc<Outgoing>,
     responders: Vec<Responder>,
 }
 
@@ -191,6 +194,7 @@ pub struct DeviceState {
     env: Arc<Env>,
     device: DeviceRecord,
     address: Arc<str>,
+    id: Arc<str>,
     tenant: ActorRef<TenantMsg>,
     conns: Vec<ConnHandle>,
     last_seen: Option<i64>,
@@ -204,6 +208,7 @@ pub struct DeviceState {
     stopping: bool,
     messages_in: u64,
     messages_out: u64,
+    contacts: Option<Arc<Vec<Contact>>>,
 }
 
 #[ractor::async_trait]
@@ -221,6 +226,7 @@ impl Actor for DeviceSession {
         Ok(DeviceState {
             limiter: TierLimiter::new(env.settings.rate_per_minute),
             address: args.device.address.as_str().into(),
+            id: args.device.id.as_str().into(),
             last_seen: args.device.last_seen,
             device: args.device,
             tenant: args.tenant,
@@ -234,6 +240,7 @@ impl Actor for DeviceSession {
             stopping: false,
             messages_in: 0,
             messages_out: 0,
+            contacts: None,
             env,
         })
     }
@@ -297,7 +304,7 @@ impl Actor for DeviceSession {
             DeviceMsg::Deliver(outgoing, guard) => {
                 state.messages_in += 1;
                 let seq = state.assign_seq();
-                let row = outgoing.row(&state.device.id, seq, None);
+                let row = outgoing.row(&state.id, seq, None);
                 let me = myself.clone();
                 state.env.persistence.append(
                     row,
@@ -355,6 +362,28 @@ impl Actor for DeviceSession {
                     let _ = myself.drain();
                 }
             }
+            DeviceMsg::Contacts(reply) => {
+                let stats = &state.env.stats;
+                let result = match &state.contacts {
+                    Some(c) => {
+                        Stats::inc(&stats.contact_cache_hits);
+                        Ok(c.clone())
+                    }
+                    None => {
+                        Stats::inc(&stats.contact_cache_misses);
+                        match state.env.store.list_contacts(&state.device.id).await {
+                            Ok(list) => {
+                                let list = Arc::new(list);
+                                state.contacts = Some(list.clone());
+                                Ok(list)
+                            }
+                            Err(e) => Err(SendError::new(ErrorCode::Unavailable, e.to_string())),
+                        }
+                    }
+                };
+                let _ = reply.send(result);
+            }
+            DeviceMsg::InvalidateContacts => state.contacts = None,
             DeviceMsg::InjectPanic => {
                 if state.env.test_hooks {
                     panic!("panic injected into device session {}", state.device.id);
@@ -533,7 +562,6 @@ impl DeviceState {
             PendingSend {
                 client_id: client_id.clone(),
                 answer,
-                outgoing: outgoing.clone(),
                 responders: vec![responder],
             },
         );
@@ -545,7 +573,7 @@ impl DeviceState {
         let me = myself.clone();
         let echo = outgoing.clone();
         self.env.persistence.append(
-            outgoing.row(&self.device.id, seq, client_id),
+            outgoing.row(&self.id, seq, client_id),
             Box::new(move |result| {
                 let ok = result.is_ok();
                 own.complete(&result);
@@ -560,7 +588,7 @@ impl DeviceState {
             }),
         );
         for device_id in recipients {
-            let guard = RowGuard::new(&tracker);
+            let guard = RowGuard::for_recipient(&tracker, &self.env, &device_id, &outgoing);
             let msg = DeviceMsg::Deliver(outgoing.clone(), guard);
             if let Err(e) = self.env.directory.deliver(&device_id, msg).await {
                 // The guard was dropped with the message: the send reports a failure.
@@ -591,7 +619,6 @@ impl DeviceState {
                 self.recent.remove(id);
             }
         }
-        let _ = &p.outgoing;
         for responder in p.responders {
             self.respond(responder, p.client_id.as_deref(), result.clone());
         }

@@ -14,7 +14,7 @@ mod sys;
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -145,6 +145,8 @@ async fn run(args: Args) -> Result<Report> {
             drain_secs = send_phase(&args, conns.addresses, &phase_tx, &stats).await;
         }
     }
+    // Figures are as of the end of the drain; what arrives while closing is ignored.
+    stats.freeze();
     let rss_end = server_rss(&args);
 
     phase_tx.send_replace(Phase::Close);
@@ -286,30 +288,35 @@ async fn send_phase(
     );
     phase.send_replace(Phase::Send(Arc::new(plan)));
 
-    // Progress once a second while sending.
+    // Progress once a second while sending (warm-up traffic included).
     let mut tick = tokio::time::interval_at(start + Duration::from_secs(1), Duration::from_secs(1));
-    let mut last = (0u64, 0u64, 0u64);
-    while Instant::now() < end {
-        tokio::select! {
-            _ = tick.tick() => {}
+    let total = |a: &AtomicU64, b: &AtomicU64| a.load(Relaxed) + b.load(Relaxed);
+    let mut last = (0u64, 0u64, 0u64, 0u64);
+    loop {
+        let at = tokio::select! {
+            at = tick.tick() => at,
             _ = tokio::time::sleep_until(end) => break,
-        }
-        let sent = stats.sent.load(Relaxed) + stats.sent_warmup.load(Relaxed);
-        let (acked, delivered) = (stats.acked.load(Relaxed), stats.delivered.load(Relaxed));
-        let label = if Instant::now() < start + warmup {
-            "warm-up"
+        };
+        let now = (
+            total(&stats.sent, &stats.sent_warmup),
+            total(&stats.acked, &stats.acked_warmup),
+            total(&stats.delivered, &stats.delivered_warmup),
+            stats.errored.load(Relaxed),
+        );
+        let label = if at <= start + warmup {
+            "warm-up  "
         } else {
             "measuring"
         };
         eprintln!(
-            "  [{:>5.1} s] {label}: +{} sent, +{} acked, +{} delivered, {} errors",
-            (Instant::now() - start).as_secs_f64(),
-            sent - last.0,
-            acked - last.1,
-            delivered - last.2,
-            stats.errored.load(Relaxed)
+            "  [{:>5.1} s] {label} +{} sent  +{} acked  +{} delivered  +{} errors",
+            (at - start).as_secs_f64(),
+            now.0 - last.0,
+            now.1 - last.1,
+            now.2 - last.2,
+            now.3 - last.3,
         );
-        last = (sent, acked, delivered);
+        last = now;
     }
 
     // Drain: wait until every measured send is answered and every ack delivered.

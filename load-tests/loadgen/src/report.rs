@@ -152,28 +152,30 @@ impl Report {
             "connections      {} opened, {} failed ({:.1} s)",
             self.connections, self.connect_failures, self.connect_secs
         );
-        let _ = writeln!(
-            s,
-            "sent             {} (+{} warm-up)  {:.0}/s",
-            self.sent, self.sent_warmup, self.sent_per_sec
-        );
-        let _ = writeln!(s, "acked            {}", self.acked);
-        let _ = writeln!(s, "unacked          {}", self.unacked);
-        let _ = writeln!(
-            s,
-            "errors           {}{}",
-            self.errored,
-            tally(&self.errors)
-        );
-        let _ = writeln!(s, "delivered        {}", self.delivered);
-        let _ = writeln!(s, "lost             {}", self.lost);
-        let _ = writeln!(
-            s,
-            "throughput       {:.0} msgs/s acked (drain {:.2} s)",
-            self.msgs_per_sec, self.drain_secs
-        );
-        let _ = writeln!(s, "ack latency      {}", self.ack_latency.human());
-        let _ = writeln!(s, "e2e latency      {}", self.e2e_latency.human());
+        if p.rate > 0.0 {
+            let _ = writeln!(
+                s,
+                "sent             {} (+{} warm-up)  {:.0}/s",
+                self.sent, self.sent_warmup, self.sent_per_sec
+            );
+            let _ = writeln!(s, "acked            {}", self.acked);
+            let _ = writeln!(s, "unacked          {}", self.unacked);
+            let _ = writeln!(
+                s,
+                "errors           {}{}",
+                self.errored,
+                tally(&self.errors)
+            );
+            let _ = writeln!(s, "delivered        {}", self.delivered);
+            let _ = writeln!(s, "lost             {}", self.lost);
+            let _ = writeln!(
+                s,
+                "throughput       {:.0} msgs/s acked (drain {:.2} s)",
+                self.msgs_per_sec, self.drain_secs
+            );
+            let _ = writeln!(s, "ack latency      {}", self.ack_latency.human());
+            let _ = writeln!(s, "e2e latency      {}", self.e2e_latency.human());
+        }
         let r = &self.server_rss;
         if r.before_kib.is_some() || r.connected_kib.is_some() || r.end_kib.is_some() {
             let kib = |v: Option<u64>| v.map_or("?".to_owned(), |v| format!("{v} KiB"));

@@ -5,7 +5,7 @@
 //! uncontended; they are merged once at the end.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -70,16 +70,22 @@ pub struct Stats {
     pub sent_warmup: AtomicU64,
     /// Counted sends acknowledged.
     pub acked: AtomicU64,
+    /// Warm-up sends acknowledged.
+    pub acked_warmup: AtomicU64,
     /// Counted sends answered with an error.
     pub errored: AtomicU64,
     /// Counted messages received by their recipient.
     pub delivered: AtomicU64,
+    /// Warm-up messages received by their recipient.
+    pub delivered_warmup: AtomicU64,
     /// Sends that could not be written (connection broken).
     pub write_failures: AtomicU64,
     /// Frames that were not valid JSON of the expected shape.
     pub bad_frames: AtomicU64,
     /// Unix µs at which counting starts; `u64::MAX` until the send phase is planned.
     measure_start_us: AtomicU64,
+    /// Set at the end of the drain: later answers and deliveries are ignored.
+    frozen: AtomicBool,
     shards: Vec<Mutex<Shard>>,
     /// Connections the server closed or that broke, by close code or error.
     disconnects: Mutex<BTreeMap<String, u64>>,
@@ -95,11 +101,14 @@ impl Stats {
             sent: AtomicU64::new(0),
             sent_warmup: AtomicU64::new(0),
             acked: AtomicU64::new(0),
+            acked_warmup: AtomicU64::new(0),
             errored: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
+            delivered_warmup: AtomicU64::new(0),
             write_failures: AtomicU64::new(0),
             bad_frames: AtomicU64::new(0),
             measure_start_us: AtomicU64::new(u64::MAX),
+            frozen: AtomicBool::new(false),
             shards,
             disconnects: Mutex::new(BTreeMap::new()),
         })
@@ -110,10 +119,20 @@ impl Stats {
         self.measure_start_us.store(us, Relaxed);
     }
 
+    /// Stops counting answers and deliveries, so the report reflects the end of the drain.
+    pub fn freeze(&self) {
+        self.frozen.store(true, Relaxed);
+    }
+
     /// Whether a message sent at Unix µs `t` is counted.
     #[inline]
     pub fn counted(&self, t: u64) -> bool {
         t >= self.measure_start_us.load(Relaxed)
+    }
+
+    #[inline]
+    fn frozen(&self) -> bool {
+        self.frozen.load(Relaxed)
     }
 
     fn shard(&self, conn: usize) -> MutexGuard<'_, Shard> {
@@ -133,16 +152,24 @@ impl Stats {
     /// Records the ack of a send made at `t`, received at `now`.
     #[inline]
     pub fn on_ack(&self, conn: usize, t: u64, now: u64) {
+        if self.frozen() {
+            return;
+        }
         if self.counted(t) {
             self.acked.fetch_add(1, Relaxed);
             self.shard(conn)
                 .ack
                 .saturating_record(now.saturating_sub(t).max(1));
+        } else {
+            self.acked_warmup.fetch_add(1, Relaxed);
         }
     }
 
     /// Records an error answer with `code` to a send made at `t` (`None`: no usable id).
     pub fn on_error(&self, conn: usize, t: Option<u64>, code: &str) {
+        if self.frozen() {
+            return;
+        }
         let counted = match t {
             Some(t) => self.counted(t),
             None => self.counted(now_us()),
@@ -165,11 +192,16 @@ impl Stats {
     /// Records the delivery of a message sent at `t`, received at `now`.
     #[inline]
     pub fn on_delivered(&self, conn: usize, t: u64, now: u64) {
+        if self.frozen() {
+            return;
+        }
         if self.counted(t) {
             self.delivered.fetch_add(1, Relaxed);
             self.shard(conn)
                 .e2e
                 .saturating_record(now.saturating_sub(t).max(1));
+        } else {
+            self.delivered_warmup.fetch_add(1, Relaxed);
         }
     }
 
@@ -225,5 +257,8 @@ mod tests {
         assert_eq!(ack.max(), 100);
         assert_eq!(e2e.max(), 250);
         assert_eq!(errors.get("rate_limited"), Some(&2));
+        s.freeze();
+        s.on_ack(0, 150, 250);
+        assert_eq!(s.acked.load(Relaxed), 1);
     }
 }
