@@ -9,8 +9,12 @@ use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
-    let url = std::env::args().nth(1).expect("usage: ws <ws://host/v1/ws?token=…>");
-    let (ws, _) = tokio_tungstenite::connect_async(url).await.expect("connect");
+    let url = std::env::args()
+        .nth(1)
+        .expect("usage: ws <ws://host/v1/ws?token=…>");
+    let (ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("connect");
     let (mut tx, mut rx) = ws.split();
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     loop {

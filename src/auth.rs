@@ -132,7 +132,11 @@ impl FromRequest for TenantAuth {
             let ttl = state.config.cache_ttl_user_session.unwrap_or(3600);
             state
                 .cache
-                .set(&cache_key, tenant.id.clone(), std::time::Duration::from_secs(ttl))
+                .set(
+                    &cache_key,
+                    tenant.id.clone(),
+                    std::time::Duration::from_secs(ttl),
+                )
                 .await;
             Ok(TenantAuth(tenant.id))
         })

@@ -28,8 +28,10 @@ pub struct Config {
     pub max_frame_bytes: usize,
     /// Server ping period; a client silent for two periods is dropped.
     pub heartbeat_ms: u64,
-    /// Frames buffered per connection before a slow reader is cut off (4408).
+    /// Frames buffered per connection in its channel (more wait in an overflow queue).
     pub outbound_buffer: usize,
+    /// A client with frames waiting that reads nothing for this long is cut off (4408).
+    pub slow_consumer_ms: u64,
     /// A device session with no client stops after this long.
     pub session_idle_secs: u64,
     /// Per-device critical-tier budget per minute.
@@ -113,6 +115,7 @@ impl Default for Config {
             max_frame_bytes: 64 * 1024,
             heartbeat_ms: 30_000,
             outbound_buffer: 1024,
+            slow_consumer_ms: 2000,
             session_idle_secs: 60,
             rate_limit_critical: 200,
             rate_limit_high: 100,
@@ -212,6 +215,7 @@ impl Config {
                 self.rate_limit_low,
             ],
             outbound_buffer: self.outbound_buffer.max(8),
+            slow_consumer: std::time::Duration::from_millis(self.slow_consumer_ms.max(10)),
             session_idle: std::time::Duration::from_secs(self.session_idle_secs.max(1)),
             idempotency_window: self.idempotency_window.max(1),
             batch_max: self.persist_batch_max.max(1),

@@ -1,12 +1,23 @@
 //! The session's handle on one client connection.
 //!
 //! A connection task owns the socket; the device session owns a [`ConnHandle`]: a
-//! bounded sender of encoded frames and a close signal. When the session drops the
-//! handle (it detached the client, cut off a slow reader, or the session itself died
-//! and its state was dropped), the connection closes, with 1012 unless a code was set.
+//! bounded sender of encoded frames, an overflow queue, and a close signal. When the
+//! session drops the handle (it detached the client, cut off a slow reader, or the
+//! session itself died and its state was dropped), the connection closes, with 1012
+//! unless a code was set.
+//!
+//! Slow readers: one group commit can complete hundreds of rows for one device at once,
+//! so a burst may be larger than the channel even for a client that reads steadily.
+//! Frames that do not fit wait, in order, in the overflow queue, which the session
+//! drains as the writer makes room. A client is cut off (4408) when its writer has
+//! written nothing for the stall timeout while frames wait, or when the overflow holds
+//! more than the hard cap: a client that stops reading is dropped, one that keeps
+//! reading is not, and memory stays bounded either way.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, Notify};
 
@@ -46,6 +57,38 @@ impl CloseSignal {
     }
 }
 
+/// Written by the connection's writer: when it last put a frame on the socket.
+#[derive(Debug, Default)]
+pub struct Progress {
+    last_write_ms: AtomicU64,
+}
+
+fn monotonic_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+impl Progress {
+    /// Records that a frame was written now.
+    pub fn touch(&self) {
+        self.last_write_ms.store(monotonic_ms(), Ordering::Relaxed);
+    }
+
+    fn idle_for(&self) -> Duration {
+        let last = self.last_write_ms.load(Ordering::Relaxed);
+        Duration::from_millis(monotonic_ms().saturating_sub(last))
+    }
+}
+
+/// Result of queueing a frame on a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Push {
+    /// In the channel or the overflow queue.
+    Queued,
+    /// The connection is gone.
+    Gone,
+}
+
 /// The session's side of one connection. Not `Clone`: dropping it closes the connection.
 #[derive(Debug)]
 pub struct ConnHandle {
@@ -55,12 +98,73 @@ pub struct ConnHandle {
     pub tx: mpsc::Sender<Frame>,
     /// Close request.
     pub close: Arc<CloseSignal>,
+    /// The writer's progress.
+    pub progress: Arc<Progress>,
+    overflow: VecDeque<Frame>,
 }
 
 impl ConnHandle {
-    /// Queues a frame; false when the buffer is full or the connection is gone.
-    pub fn push(&self, frame: Frame) -> bool {
-        self.tx.try_send(frame).is_ok()
+    /// A handle over a connection's channel, close signal and writer progress.
+    pub fn new(
+        id: u64,
+        tx: mpsc::Sender<Frame>,
+        close: Arc<CloseSignal>,
+        progress: Arc<Progress>,
+    ) -> Self {
+        progress.touch();
+        ConnHandle {
+            id,
+            tx,
+            close,
+            progress,
+            overflow: VecDeque::new(),
+        }
+    }
+
+    /// Queues a frame, in order, behind any that are waiting.
+    pub fn push(&mut self, frame: Frame) -> Push {
+        if !self.overflow.is_empty() {
+            self.overflow.push_back(frame);
+            return Push::Queued;
+        }
+        match self.tx.try_send(frame) {
+            Ok(()) => Push::Queued,
+            Err(mpsc::error::TrySendError::Full(frame)) => {
+                self.overflow.push_back(frame);
+                Push::Queued
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Push::Gone,
+        }
+    }
+
+    /// Moves waiting frames into the channel as far as it has room; true if some still wait.
+    pub fn flush(&mut self) -> bool {
+        while let Some(frame) = self.overflow.pop_front() {
+            match self.tx.try_send(frame) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(frame)) => {
+                    self.overflow.push_front(frame);
+                    return true;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    self.overflow.clear();
+                    return false;
+                }
+            }
+        }
+        false
+    }
+
+    /// Frames waiting behind the channel.
+    pub fn waiting(&self) -> usize {
+        self.overflow.len()
+    }
+
+    /// Whether this client must be cut off: frames wait and the writer has written
+    /// nothing for `stall`, or more than `hard_cap` frames wait.
+    pub fn is_stuck(&self, stall: Duration, hard_cap: usize) -> bool {
+        !self.overflow.is_empty()
+            && (self.overflow.len() > hard_cap || self.progress.idle_for() >= stall)
     }
 }
 

@@ -149,7 +149,11 @@ async fn commit(state: &mut WriterState) {
         }
     }
     let stats = &state.args.stats;
-    tracing::debug!(rows = n, commit_us = started.elapsed().as_micros() as u64, "batch committed");
+    tracing::debug!(
+        rows = n,
+        commit_us = started.elapsed().as_micros() as u64,
+        "batch committed"
+    );
     stats.backlog.store(0, Ordering::Relaxed);
     if result.is_ok() {
         stats.batches.fetch_add(1, Ordering::Relaxed);

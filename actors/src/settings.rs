@@ -7,8 +7,10 @@ use std::time::Duration;
 pub struct Settings {
     /// Per-device budget per minute for critical, high, normal, low.
     pub rate_per_minute: [u32; 4],
-    /// Frames buffered per connection before a slow reader is cut off (4408).
+    /// Frames buffered per connection in its channel.
     pub outbound_buffer: usize,
+    /// A client whose frames wait and who read nothing for this long is cut off (4408).
+    pub slow_consumer: Duration,
     /// A device session with no connection stops after this long.
     pub session_idle: Duration,
     /// Client request ids remembered per device for idempotent resends.
@@ -26,6 +28,7 @@ impl Default for Settings {
         Settings {
             rate_per_minute: [200, 100, 60, 30],
             outbound_buffer: 1024,
+            slow_consumer: Duration::from_secs(2),
             session_idle: Duration::from_secs(60),
             idempotency_window: 1024,
             batch_max: 2048,

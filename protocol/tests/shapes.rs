@@ -24,8 +24,16 @@ fn server_frames() {
         parse(&ready.encode()),
         json!({"type":"ready","device_id":"d1","tenant_id":"t1","address":"+15550001","last_seq":7,"heartbeat_ms":30000})
     );
-    let ack = ServerFrame::Ack { id: Some("c1"), message_id: "m1", seq: 3, ts: 1700 };
-    assert_eq!(parse(&ack.encode()), json!({"type":"ack","id":"c1","message_id":"m1","seq":3,"ts":1700}));
+    let ack = ServerFrame::Ack {
+        id: Some("c1"),
+        message_id: "m1",
+        seq: 3,
+        ts: 1700,
+    };
+    assert_eq!(
+        parse(&ack.encode()),
+        json!({"type":"ack","id":"c1","message_id":"m1","seq":3,"ts":1700})
+    );
     let err = ServerFrame::Error {
         id: None,
         code: ErrorCode::RateLimited,
@@ -36,14 +44,29 @@ fn server_frames() {
         parse(&err.encode()),
         json!({"type":"error","code":"rate_limited","message":"slow down","retry_after_ms":1500})
     );
-    let status = ServerFrame::Status { message_id: "m1", status: ReceiptStatus::Read, by: "+15550002", ts: 9 };
+    let status = ServerFrame::Status {
+        message_id: "m1",
+        status: ReceiptStatus::Read,
+        by: "+15550002",
+        ts: 9,
+    };
     assert_eq!(
         parse(&status.encode()),
         json!({"type":"status","message_id":"m1","status":"read","by":"+15550002","ts":9})
     );
-    let typing = ServerFrame::Typing { from: "+15550002", group: None, state: TypingState::Composing };
-    assert_eq!(parse(&typing.encode()), json!({"type":"typing","from":"+15550002","state":"composing"}));
-    assert_eq!(parse(&ServerFrame::Pong { id: Some("p") }.encode()), json!({"type":"pong","id":"p"}));
+    let typing = ServerFrame::Typing {
+        from: "+15550002",
+        group: None,
+        state: TypingState::Composing,
+    };
+    assert_eq!(
+        parse(&typing.encode()),
+        json!({"type":"typing","from":"+15550002","state":"composing"})
+    );
+    assert_eq!(
+        parse(&ServerFrame::Pong { id: Some("p") }.encode()),
+        json!({"type":"pong","id":"p"})
+    );
 }
 
 #[test]
@@ -65,15 +88,30 @@ fn message_frames_and_pages() {
     assert_eq!(item.body.get(), r#"{"text":"hi \"there\""}"#);
 
     let ws = encode_page(true, Some("s1"), &[m], 4, true);
-    assert_eq!(parse(&ws), json!({"type":"messages","id":"s1","items":[expected.clone()],"next_after_seq":4,"more":true}));
+    assert_eq!(
+        parse(&ws),
+        json!({"type":"messages","id":"s1","items":[expected.clone()],"next_after_seq":4,"more":true})
+    );
     let rest = encode_page(false, None, &[], 0, false);
-    assert_eq!(parse(&rest), json!({"items":[],"next_after_seq":0,"more":false}));
+    assert_eq!(
+        parse(&rest),
+        json!({"items":[],"next_after_seq":0,"more":false})
+    );
 }
 
 #[test]
 fn client_frames_decode() {
-    match ClientFrame::decode(r#"{"type":"send","id":"c1","to":"+15550002","body":{"a":1},"priority":"high"}"#).unwrap() {
-        ClientFrame::Send { id, target, body, priority } => {
+    match ClientFrame::decode(
+        r#"{"type":"send","id":"c1","to":"+15550002","body":{"a":1},"priority":"high"}"#,
+    )
+    .unwrap()
+    {
+        ClientFrame::Send {
+            id,
+            target,
+            body,
+            priority,
+        } => {
             assert_eq!(id.as_deref(), Some("c1"));
             assert_eq!(target, Target::To("+15550002".into()));
             assert_eq!(body.get(), r#"{"a":1}"#);
@@ -83,29 +121,71 @@ fn client_frames_decode() {
     }
     assert!(matches!(
         ClientFrame::decode(r#"{"type":"sync","id":"s","after_seq":5}"#).unwrap(),
-        ClientFrame::Sync { after_seq: 5, limit: None, .. }
+        ClientFrame::Sync {
+            after_seq: 5,
+            limit: None,
+            ..
+        }
     ));
     assert!(matches!(
-        ClientFrame::decode(r#"{"type":"receipt","message_ids":["m1"],"status":"delivered"}"#).unwrap(),
-        ClientFrame::Receipt { status: ReceiptStatus::Delivered, .. }
+        ClientFrame::decode(r#"{"type":"receipt","message_ids":["m1"],"status":"delivered"}"#)
+            .unwrap(),
+        ClientFrame::Receipt {
+            status: ReceiptStatus::Delivered,
+            ..
+        }
     ));
     assert!(matches!(
         ClientFrame::decode(r#"{"type":"typing","group":"g1","state":"paused"}"#).unwrap(),
-        ClientFrame::Typing { state: TypingState::Paused, .. }
+        ClientFrame::Typing {
+            state: TypingState::Paused,
+            ..
+        }
     ));
-    assert!(matches!(ClientFrame::decode(r#"{"type":"ping","id":"p"}"#).unwrap(), ClientFrame::Ping { .. }));
+    assert!(matches!(
+        ClientFrame::decode(r#"{"type":"ping","id":"p"}"#).unwrap(),
+        ClientFrame::Ping { .. }
+    ));
 }
 
 #[test]
 fn client_frame_errors_keep_the_id() {
     let cases = [
-        (r#"{"type":"send","id":"x1","to":"+15550002"}"#, Some("x1"), "body"),
-        (r#"{"type":"send","id":"x2","to":"555","body":{}}"#, Some("x2"), "E.164"),
-        (r#"{"type":"send","id":"x3","to":"+15550002","group":"g","body":{}}"#, Some("x3"), "not both"),
-        (r#"{"type":"send","id":"x4","to":"+15550002","body":[1]}"#, Some("x4"), "object"),
-        (r#"{"type":"send","id":"x5","to":"+15550002","body":{},"priority":"urgent"}"#, Some("x5"), "priority"),
-        (r#"{"type":"nope","id":"x6"}"#, Some("x6"), "unknown frame type"),
-        (r#"{"type":"sync","id":"x7","after_seq":"zero"}"#, Some("x7"), "invalid frame"),
+        (
+            r#"{"type":"send","id":"x1","to":"+15550002"}"#,
+            Some("x1"),
+            "body",
+        ),
+        (
+            r#"{"type":"send","id":"x2","to":"555","body":{}}"#,
+            Some("x2"),
+            "E.164",
+        ),
+        (
+            r#"{"type":"send","id":"x3","to":"+15550002","group":"g","body":{}}"#,
+            Some("x3"),
+            "not both",
+        ),
+        (
+            r#"{"type":"send","id":"x4","to":"+15550002","body":[1]}"#,
+            Some("x4"),
+            "object",
+        ),
+        (
+            r#"{"type":"send","id":"x5","to":"+15550002","body":{},"priority":"urgent"}"#,
+            Some("x5"),
+            "priority",
+        ),
+        (
+            r#"{"type":"nope","id":"x6"}"#,
+            Some("x6"),
+            "unknown frame type",
+        ),
+        (
+            r#"{"type":"sync","id":"x7","after_seq":"zero"}"#,
+            Some("x7"),
+            "invalid frame",
+        ),
         (r#"not json"#, None, "invalid frame"),
         (r#"{"id":"x8"}"#, Some("x8"), "type"),
     ];

@@ -259,7 +259,9 @@ impl SqliteStore {
             tracing::warn!(path = %path.display(), mode, "SQLite did not switch to WAL");
         }
         configure(&writer, synchronous_full, 64 * 1024).map_err(unavailable)?;
-        writer.pragma_update(None, "wal_autocheckpoint", 100000).map_err(unavailable)?;
+        writer
+            .pragma_update(None, "wal_autocheckpoint", 100000)
+            .map_err(unavailable)?;
         writer.execute_batch(SCHEMA).map_err(unavailable)?;
 
         let mut readers = Vec::with_capacity(READERS);

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix_ws::{AggregatedMessage, CloseCode, CloseReason, Session};
-use actors::conn::{next_conn_id, CloseSignal, ConnHandle, Frame};
+use actors::conn::{next_conn_id, CloseSignal, ConnHandle, Frame, Progress};
 use actors::device::{routing, DeviceMsg, Responder, SendRequest};
 use actors::store::DeviceRecord;
 use protocol::error::close;
@@ -53,7 +53,8 @@ impl Connection {
             .max_continuation_size(max);
         let (tx, rx) = mpsc::channel::<Frame>(self.state.env.settings.outbound_buffer);
         let signal = Arc::new(CloseSignal::default());
-        let Some((device_ref, last_seq)) = self.attach(&tx, &signal).await else {
+        let progress = Arc::new(Progress::default());
+        let Some((device_ref, last_seq)) = self.attach(&tx, &signal, &progress).await else {
             close_with(session, close::RESTARTING, "server restarting").await;
             return;
         };
@@ -69,7 +70,7 @@ impl Connection {
             let _ = device_ref.cast(DeviceMsg::Detach(self.id));
             return;
         }
-        let writer = actix_web::rt::spawn(write_frames(session.clone(), rx));
+        let writer = actix_web::rt::spawn(write_frames(session.clone(), rx, progress));
         let end = self
             .read_frames(&mut session, &mut stream, &device_ref, &tx, &signal)
             .await;
@@ -92,6 +93,7 @@ impl Connection {
         &self,
         tx: &mpsc::Sender<Frame>,
         signal: &Arc<CloseSignal>,
+        progress: &Arc<Progress>,
     ) -> Option<(ActorRef<DeviceMsg>, u64)> {
         for _ in 0..5 {
             let device_ref = self
@@ -101,11 +103,7 @@ impl Connection {
                 .session(&self.device.id)
                 .await
                 .ok()?;
-            let handle = ConnHandle {
-                id: self.id,
-                tx: tx.clone(),
-                close: signal.clone(),
-            };
+            let handle = ConnHandle::new(self.id, tx.clone(), signal.clone(), progress.clone());
             match ractor::call!(device_ref, DeviceMsg::Attach, handle) {
                 Ok(Ok(last_seq)) => return Some((device_ref, last_seq)),
                 // The session is draining: the supervisor starts a fresh one.
@@ -192,13 +190,23 @@ impl Connection {
         device_ref: &ActorRef<DeviceMsg>,
         tx: &mpsc::Sender<Frame>,
     ) -> Result<(), End> {
-        let reply = |frame: Frame| {
-            tx.try_send(frame)
-                .map_err(|_| End::Close(close::TOO_SLOW, "too slow"))
+        let Some(frame) = self.answer(text, device_ref).await else {
+            return Ok(());
         };
+        // A direct answer waits for room in the buffer, as long as a reader may stall.
+        let stall = self.state.env.settings.slow_consumer;
+        match tokio::time::timeout(stall, tx.send(frame)).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(End::Close(close::TOO_SLOW, "too slow")),
+        }
+    }
+
+    /// Acts on one text frame; returns the frame to answer with directly, if any
+    /// (acks come later from the device session).
+    async fn answer(&self, text: &str, device_ref: &ActorRef<DeviceMsg>) -> Option<Frame> {
         let frame = match ClientFrame::decode(text) {
             Ok(f) => f,
-            Err(e) => return reply(error_frame(e.id.as_deref(), e.code, &e.message, None)),
+            Err(e) => return Some(error_frame(e.id.as_deref(), e.code, &e.message, None)),
         };
         let env = &self.state.env;
         match frame {
@@ -214,45 +222,42 @@ impl Connection {
                     body: Arc::from(body.get()),
                     priority,
                 };
-                if device_ref
-                    .cast(DeviceMsg::Send(req, Responder::Conn(self.id)))
-                    .is_err()
-                {
-                    return reply(error_frame(
+                let cast = device_ref.cast(DeviceMsg::Send(req, Responder::Conn(self.id)));
+                cast.is_err().then(|| {
+                    error_frame(
                         id.as_deref(),
                         ErrorCode::Unavailable,
                         "device session restarting; retry",
                         None,
-                    ));
-                }
-                Ok(())
+                    )
+                })
             }
             ClientFrame::Receipt {
                 id,
                 message_ids,
                 status,
-            } => match routing::receipts(env, &self.device, &message_ids, status).await {
-                Ok(()) => Ok(()),
-                Err(e) => reply(error_frame(id.as_deref(), e.code, &e.message, None)),
-            },
+            } => routing::receipts(env, &self.device, &message_ids, status)
+                .await
+                .err()
+                .map(|e| error_frame(id.as_deref(), e.code, &e.message, None)),
             ClientFrame::Sync {
                 id,
                 after_seq,
                 limit,
-            } => {
+            } => Some(
                 match read_page(env, &self.device.id, after_seq, limit, Some(id.as_deref())).await {
-                    Ok(page) => reply(page.into()),
-                    Err(e) => reply(error_frame(id.as_deref(), e.code, &e.message, None)),
-                }
-            }
+                    Ok(page) => page.into(),
+                    Err(e) => error_frame(id.as_deref(), e.code, &e.message, None),
+                },
+            ),
             ClientFrame::Typing { id, target, state } => {
-                match routing::typing(env, &self.device, &target, state).await {
-                    Ok(()) => Ok(()),
-                    Err(e) => reply(error_frame(id.as_deref(), e.code, &e.message, None)),
-                }
+                routing::typing(env, &self.device, &target, state)
+                    .await
+                    .err()
+                    .map(|e| error_frame(id.as_deref(), e.code, &e.message, None))
             }
             ClientFrame::Ping { id } => {
-                reply(ServerFrame::Pong { id: id.as_deref() }.encode().into())
+                Some(ServerFrame::Pong { id: id.as_deref() }.encode().into())
             }
         }
     }
@@ -293,11 +298,17 @@ async fn close_with(session: Session, code: u16, reason: &str) {
         .await;
 }
 
-/// Writes queued frames to the socket, in order.
-async fn write_frames(mut session: Session, mut rx: mpsc::Receiver<Frame>) {
+/// Writes queued frames to the socket, in order, recording progress for the session's
+/// slow-reader check.
+async fn write_frames(
+    mut session: Session,
+    mut rx: mpsc::Receiver<Frame>,
+    progress: Arc<Progress>,
+) {
     while let Some(frame) = rx.recv().await {
         if session.text(frame.to_string()).await.is_err() {
             break;
         }
+        progress.touch();
     }
 }

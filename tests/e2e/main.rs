@@ -4,10 +4,10 @@
 #[path = "../common/mod.rs"]
 mod common;
 
-mod process;
-mod smoke;
 mod isolation;
+mod process;
+mod resilience;
 mod rest;
+mod smoke;
 mod ws;
 mod ws_errors;
-mod resilience;

@@ -58,7 +58,15 @@ async fn spawn_server(data_dir: &Path) -> Child_ {
 
 async fn setup(server: &Child_) -> (Tenant, Device, Device) {
     let http = reqwest::Client::new();
-    let (status, body) = call(&http, &server.base, "POST", "/admin/tenants", Some(ADMIN), Some(json!({"name": "p"}))).await;
+    let (status, body) = call(
+        &http,
+        &server.base,
+        "POST",
+        "/admin/tenants",
+        Some(ADMIN),
+        Some(json!({"name": "p"})),
+    )
+    .await;
     assert_eq!(status, 201, "{body}");
     let tenant = Tenant {
         id: body["tenant_id"].as_str().unwrap().to_owned(),
@@ -86,7 +94,8 @@ async fn sync_all(ws: &mut Ws) -> Vec<Value> {
     let mut items = Vec::new();
     for page in 0..1000 {
         let id = format!("sync{page}");
-        ws.send(json!({"type": "sync", "id": id, "after_seq": after, "limit": 100})).await;
+        ws.send(json!({"type": "sync", "id": id, "after_seq": after, "limit": 100}))
+            .await;
         let res = ws.recv_type("messages").await;
         assert_eq!(res["id"], id.as_str());
         let batch = res["items"].as_array().unwrap().clone();
@@ -101,9 +110,16 @@ async fn sync_all(ws: &mut Ws) -> Vec<Value> {
 
 fn assert_gap_free(items: &[Value]) {
     for (i, item) in items.iter().enumerate() {
-        assert_eq!(item["seq"].as_u64().unwrap(), i as u64 + 1, "seq gap or disorder at {i}: {item}");
+        assert_eq!(
+            item["seq"].as_u64().unwrap(),
+            i as u64 + 1,
+            "seq gap or disorder at {i}: {item}"
+        );
     }
-    let ids: HashSet<&str> = items.iter().map(|m| m["message_id"].as_str().unwrap()).collect();
+    let ids: HashSet<&str> = items
+        .iter()
+        .map(|m| m["message_id"].as_str().unwrap())
+        .collect();
     assert_eq!(ids.len(), items.len(), "duplicate message ids");
 }
 
@@ -117,24 +133,33 @@ async fn acked_messages_survive_sigkill() {
     // Pipeline 600 sends and kill the server while acks are still arriving.
     const SENDS: usize = 600;
     for i in 0..SENDS {
-        wa.send(json!({"type": "send", "id": format!("k{i}"), "to": b.address, "body": {"n": i}})).await;
+        wa.send(json!({"type": "send", "id": format!("k{i}"), "to": b.address, "body": {"n": i}}))
+            .await;
     }
     let mut acked: Vec<(String, u64)> = Vec::new();
     while acked.len() < 300 {
         let v = wa.recv().await;
         if v["type"] == "ack" {
-            acked.push((v["message_id"].as_str().unwrap().to_owned(), v["seq"].as_u64().unwrap()));
+            acked.push((
+                v["message_id"].as_str().unwrap().to_owned(),
+                v["seq"].as_u64().unwrap(),
+            ));
         } else {
             assert_ne!(v["type"], "error", "{v}");
         }
     }
     server.child.start_kill().unwrap();
     // Acks already on the wire before the kill count too.
-    while let Ok(Some(Ok(msg))) = tokio::time::timeout(Duration::from_millis(300), wa.stream.next()).await {
+    while let Ok(Some(Ok(msg))) =
+        tokio::time::timeout(Duration::from_millis(300), wa.stream.next()).await
+    {
         if let tokio_tungstenite::tungstenite::Message::Text(t) = msg {
             let v: Value = serde_json::from_str(&t).unwrap();
             if v["type"] == "ack" {
-                acked.push((v["message_id"].as_str().unwrap().to_owned(), v["seq"].as_u64().unwrap()));
+                acked.push((
+                    v["message_id"].as_str().unwrap().to_owned(),
+                    v["seq"].as_u64().unwrap(),
+                ));
             }
         }
     }
@@ -147,13 +172,22 @@ async fn acked_messages_survive_sigkill() {
     let mut wb = tenant.connect(&b).await;
     let inbox = sync_all(&mut wb).await;
     assert_gap_free(&inbox);
-    let in_inbox: HashSet<&str> = inbox.iter().map(|m| m["message_id"].as_str().unwrap()).collect();
+    let in_inbox: HashSet<&str> = inbox
+        .iter()
+        .map(|m| m["message_id"].as_str().unwrap())
+        .collect();
     for (id, _) in &acked {
         assert!(in_inbox.contains(id.as_str()), "acked message {id} lost");
     }
     // The recipient sees A's messages in the order A sent them.
-    let bodies: Vec<u64> = inbox.iter().map(|m| m["body"]["n"].as_u64().unwrap()).collect();
-    assert!(bodies.windows(2).all(|w| w[0] < w[1]), "out of order: {bodies:?}");
+    let bodies: Vec<u64> = inbox
+        .iter()
+        .map(|m| m["body"]["n"].as_u64().unwrap())
+        .collect();
+    assert!(
+        bodies.windows(2).all(|w| w[0] < w[1]),
+        "out of order: {bodies:?}"
+    );
 
     // The sender's own inbox holds every acked copy at the seq its ack named.
     let mut wa = tenant.connect(&a).await;
@@ -169,7 +203,10 @@ async fn acked_messages_survive_sigkill() {
     assert_eq!(again["type"], "ack", "{again}");
     assert_eq!(again["message_id"], first_id.as_str());
     assert_eq!(again["seq"].as_u64().unwrap(), *first_seq);
-    eprintln!("acked {} of {SENDS} before SIGKILL; all found after restart", acked.len());
+    eprintln!(
+        "acked {} of {SENDS} before SIGKILL; all found after restart",
+        acked.len()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -178,13 +215,21 @@ async fn sigterm_drains_and_exits_zero() {
     let mut server = spawn_server(dir.path()).await;
     let (tenant, a, b) = setup(&server).await;
     let mut wa = tenant.connect(&a).await;
-    let ack = wa.send_to("t1", &b.address, json!({"text": "before shutdown"})).await;
+    let ack = wa
+        .send_to("t1", &b.address, json!({"text": "before shutdown"}))
+        .await;
     assert_eq!(ack["type"], "ack");
     let pid = server.child.id().unwrap();
-    let kill = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
     assert!(kill.success());
     assert_eq!(wa.expect_close().await, 1012);
-    let status = tokio::time::timeout(WAIT, server.child.wait()).await.expect("exit in time").unwrap();
+    let status = tokio::time::timeout(WAIT, server.child.wait())
+        .await
+        .expect("exit in time")
+        .unwrap();
     assert_eq!(status.code(), Some(0), "{status:?}");
 
     let server = spawn_server(dir.path()).await;

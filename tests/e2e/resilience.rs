@@ -265,7 +265,6 @@ async fn slow_consumer_is_cut_off_without_slowing_anyone_else() {
 /// drops what was queued. With `outbound_buffer = 64`, 200 pipelined sends cut off both
 /// the sender (acks) and the reading recipient (messages) after ~64 frames.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: a continuously reading client is cut off with 4408 by a burst larger than outbound_buffer (actors/src/device/mod.rs push_all/respond try_send)"]
 async fn a_burst_does_not_cut_off_a_reading_client() {
     const N: usize = 200;
     let server = TestServer::start_with(|c| {

@@ -23,7 +23,7 @@ pub use limiter::TierLimiter;
 use tracker::{RowGuard, SendTracker};
 
 use crate::clock::now_ms;
-use crate::conn::{ConnHandle, Frame};
+use crate::conn::{ConnHandle, Frame, Push};
 use crate::stats::Stats;
 use crate::store::{DeviceRecord, InboxEntry};
 use crate::tenant::TenantMsg;
@@ -170,6 +170,8 @@ pub enum DeviceMsg {
     Info(RpcReplyPort<SessionInfo>),
     /// Periodic: stop when idle long enough.
     IdleCheck,
+    /// Move frames waiting behind full connection channels; cut off stalled readers.
+    FlushOutbound,
     /// The device's contacts, from the session's cache (loaded on a miss).
     Contacts(RpcReplyPort<Result<Arc<Vec<Contact>>, SendError>>),
     /// The stored contacts changed: drop the cached copy.
@@ -192,6 +194,8 @@ struct PendingSend {
 /// State of a device session.
 pub struct DeviceState {
     env: Arc<Env>,
+    me: ActorRef<DeviceMsg>,
+    flush_scheduled: bool,
     device: DeviceRecord,
     address: Arc<str>,
     id: Arc<str>,
@@ -219,11 +223,13 @@ impl Actor for DeviceSession {
 
     async fn pre_start(
         &self,
-        _myself: ActorRef<DeviceMsg>,
+        myself: ActorRef<DeviceMsg>,
         args: DeviceArgs,
     ) -> Result<DeviceState, ActorProcessingErr> {
         let env = args.env;
         Ok(DeviceState {
+            me: myself,
+            flush_scheduled: false,
             limiter: TierLimiter::new(env.settings.rate_per_minute),
             address: args.device.address.as_str().into(),
             id: args.device.id.as_str().into(),
@@ -384,6 +390,10 @@ impl Actor for DeviceSession {
                 let _ = reply.send(result);
             }
             DeviceMsg::InvalidateContacts => state.contacts = None,
+            DeviceMsg::FlushOutbound => {
+                state.flush_scheduled = false;
+                state.check_conns();
+            }
             DeviceMsg::InjectPanic => {
                 if state.env.test_hooks {
                     panic!("panic injected into device session {}", state.device.id);
@@ -430,33 +440,47 @@ impl DeviceState {
         }
     }
 
-    /// Pushes a frame to every connection but `exclude`; cuts off any whose buffer is
-    /// full (4408). Returns how many took it.
+    /// Queues a frame on every connection but `exclude`. Returns how many took it.
     fn push_all(&mut self, frame: Frame, exclude: Option<u64>) -> usize {
         let mut pushed = 0;
-        let mut slow = false;
-        for conn in &self.conns {
-            if Some(conn.id) == exclude {
-                continue;
-            }
-            if conn.push(frame.clone()) {
+        for conn in &mut self.conns {
+            if Some(conn.id) != exclude && conn.push(frame.clone()) == Push::Queued {
                 pushed += 1;
-            } else {
-                conn.close.close(protocol::error::close::TOO_SLOW);
-                slow = true;
             }
         }
-        if slow {
-            let before = self.conns.len();
-            self.conns.retain(|c| c.close.code().is_none());
-            for _ in self.conns.len()..before {
-                Stats::inc(&self.env.stats.slow_consumers);
-            }
-            if self.conns.is_empty() {
-                self.idle_since = Instant::now();
-            }
-        }
+        self.check_conns();
         pushed
+    }
+
+    /// Drains overflow queues, cuts off stalled readers (4408), and schedules another
+    /// pass while frames still wait.
+    fn check_conns(&mut self) {
+        let stall = self.env.settings.slow_consumer;
+        let hard_cap = self.env.settings.outbound_buffer.saturating_mul(8);
+        let stats = &self.env.stats;
+        let mut waiting = false;
+        let before = self.conns.len();
+        self.conns.retain_mut(|conn| {
+            if conn.waiting() == 0 || !conn.flush() {
+                return true;
+            }
+            if conn.is_stuck(stall, hard_cap) {
+                conn.close.close(protocol::error::close::TOO_SLOW);
+                Stats::inc(&stats.slow_consumers);
+                return false;
+            }
+            waiting = true;
+            true
+        });
+        if before > 0 && self.conns.is_empty() {
+            self.idle_since = Instant::now();
+        }
+        if waiting && !self.flush_scheduled {
+            self.flush_scheduled = true;
+            self.me.send_after(std::time::Duration::from_millis(5), || {
+                DeviceMsg::FlushOutbound
+            });
+        }
     }
 
     fn respond(
@@ -486,11 +510,9 @@ impl DeviceState {
                     }
                     .encode(),
                 };
-                if let Some(conn) = self.conns.iter().find(|c| c.id == conn_id) {
-                    if !conn.push(frame.into()) {
-                        conn.close.close(protocol::error::close::TOO_SLOW);
-                        self.conns.retain(|c| c.id != conn_id);
-                    }
+                if let Some(conn) = self.conns.iter_mut().find(|c| c.id == conn_id) {
+                    conn.push(frame.into());
+                    self.check_conns();
                 }
             }
         }
