@@ -122,7 +122,7 @@ impl Default for Config {
             rate_limit_normal: 60,
             rate_limit_low: 30,
             persist_batch_max: 2048,
-            persist_linger_ms: 2,
+            persist_linger_ms: 1,
             persist_writers: 1,
             sqlite_synchronous: "normal".into(),
             log_format: "pretty".into(),

@@ -32,7 +32,7 @@ impl Default for Settings {
             session_idle: Duration::from_secs(60),
             idempotency_window: 1024,
             batch_max: 2048,
-            linger: Duration::from_millis(2),
+            linger: Duration::from_millis(1),
             writers: 1,
         }
     }
