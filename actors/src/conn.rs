@@ -180,3 +180,58 @@ static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
 pub fn next_conn_id() -> u64 {
     NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn handle(capacity: usize) -> (ConnHandle, mpsc::Receiver<Frame>, Arc<CloseSignal>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        let close = Arc::new(CloseSignal::default());
+        let h = ConnHandle::new(1, tx, close.clone(), Arc::new(Progress::default()));
+        (h, rx, close)
+    }
+
+    #[tokio::test]
+    async fn overflow_keeps_order_and_drains() {
+        let (mut h, mut rx, _) = handle(2);
+        for i in 0..5 {
+            assert_eq!(h.push(Arc::from(i.to_string())), Push::Queued);
+        }
+        assert_eq!(h.waiting(), 3);
+        let mut got = Vec::new();
+        while got.len() < 5 {
+            got.push(rx.recv().await.unwrap().to_string());
+            h.flush();
+        }
+        assert_eq!(got, ["0", "1", "2", "3", "4"]);
+        assert_eq!(h.waiting(), 0);
+    }
+
+    #[tokio::test]
+    async fn stuck_only_when_frames_wait_and_the_writer_stalls() {
+        let (mut h, _rx, _) = handle(1);
+        h.push(Arc::from("a"));
+        assert!(!h.is_stuck(Duration::ZERO, 10), "nothing waits yet");
+        h.push(Arc::from("b"));
+        assert!(h.is_stuck(Duration::ZERO, 10), "waiting and stalled");
+        assert!(!h.is_stuck(Duration::from_secs(60), 10), "the writer wrote recently");
+        for _ in 0..10 {
+            h.push(Arc::from("c"));
+        }
+        assert!(h.is_stuck(Duration::from_secs(60), 10), "over the hard cap");
+    }
+
+    #[tokio::test]
+    async fn dropping_the_handle_closes_with_1012_unless_a_code_was_set() {
+        let (h, _rx, close) = handle(1);
+        drop(h);
+        assert_eq!(close.code(), Some(protocol::error::close::RESTARTING));
+        let (h, _rx, close) = handle(1);
+        close.close(protocol::error::close::TOO_SLOW);
+        drop(h);
+        assert_eq!(close.code(), Some(protocol::error::close::TOO_SLOW));
+        close.wait().await;
+    }
+}
