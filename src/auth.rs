@@ -104,6 +104,34 @@ impl FromRequest for AdminAuth {
     }
 }
 
+/// A request made with the admin token as a bearer header or, for `EventSource`
+/// (which cannot set headers), as `?token=`. Only `GET /admin/events` takes it; the
+/// request log records paths without their query, so the token is not logged.
+pub struct AdminStreamAuth;
+
+impl FromRequest for AdminStreamAuth {
+    type Error = ApiError;
+    type Future = std::future::Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        let query_token = || {
+            web::Query::<std::collections::HashMap<String, String>>::from_query(req.query_string())
+                .ok()
+                .and_then(|q| q.get("token").cloned())
+        };
+        let result = app_state(req).and_then(|state| {
+            match bearer(req).map(str::to_owned).or_else(query_token) {
+                Some(t) if constant_time_eq(&t, &state.admin_token) => Ok(AdminStreamAuth),
+                Some(_) => Err(ApiError::unauthorized("invalid admin token")),
+                None => Err(ApiError::unauthorized(
+                    "admin token required (Authorization: Bearer … or ?token=)",
+                )),
+            }
+        });
+        std::future::ready(result)
+    }
+}
+
 /// A request made with a tenant's API key; holds the tenant id.
 pub struct TenantAuth(pub String);
 

@@ -42,6 +42,14 @@ pub struct Config {
     pub rate_limit_normal: u32,
     /// Per-device low-tier budget per minute.
     pub rate_limit_low: u32,
+    /// Per-tenant budget per minute over all its devices (0: unlimited).
+    pub tenant_rate_per_minute: u32,
+    /// Server-wide budget per minute (0: unlimited).
+    pub global_rate_per_minute: u32,
+    /// Per device→recipient budget per minute (0: off; WhatsApp allows about 10).
+    pub pair_rate_per_minute: u32,
+    /// Queue aging (ms): a queued job counts one lane higher per this long waited.
+    pub queue_aging_ms: u64,
     /// Rows per group-commit batch, at most.
     pub persist_batch_max: usize,
     /// Group-commit linger (ms).
@@ -50,6 +58,9 @@ pub struct Config {
     pub persist_writers: usize,
     /// `normal` (survives a process kill) or `full` (also survives power loss).
     pub sqlite_synchronous: String,
+    /// Store operations slower than this (ms) are kept for `/admin/db/stats`
+    /// (the last 1,000); 0 records every operation.
+    pub slow_query_ms: u64,
     /// `pretty` or `json`.
     pub log_format: String,
     /// HTTP worker threads (0: one per core).
@@ -121,10 +132,15 @@ impl Default for Config {
             rate_limit_high: 100,
             rate_limit_normal: 60,
             rate_limit_low: 30,
+            tenant_rate_per_minute: 6_000_000,
+            global_rate_per_minute: 12_000_000,
+            pair_rate_per_minute: 0,
+            queue_aging_ms: 10_000,
             persist_batch_max: 2048,
             persist_linger_ms: 1,
             persist_writers: 1,
             sqlite_synchronous: "normal".into(),
+            slow_query_ms: 100,
             log_format: "pretty".into(),
             workers: 0,
             shutdown_timeout_secs: 5,
@@ -221,6 +237,12 @@ impl Config {
             batch_max: self.persist_batch_max.max(1),
             linger: std::time::Duration::from_millis(self.persist_linger_ms),
             writers: self.persist_writers.max(1),
+            tenant_rate_per_minute: self.tenant_rate_per_minute,
+            global_rate_per_minute: self.global_rate_per_minute,
+            pair_rate_per_minute: self.pair_rate_per_minute,
+            queue_concurrency: self.queue_message_concurrency.unwrap_or(512).max(1) as usize,
+            queue_attempts: self.queue_default_attempts.unwrap_or(3).max(1),
+            queue_aging: std::time::Duration::from_millis(self.queue_aging_ms.max(1)),
         }
     }
 }

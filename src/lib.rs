@@ -1,11 +1,13 @@
 //! The Switchboard server: configuration, HTTP/WebSocket transport, REST handlers and
 //! the backends behind the actor crate's traits.
 
+pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod error;
 pub mod http;
 pub mod logging;
+pub mod metrics;
 pub mod secrets;
 pub mod server;
 pub mod state;

@@ -47,6 +47,8 @@ pub enum StartError {
 
 /// Opens the store, starts the actor tree and the HTTP server.
 pub async fn start(config: Config) -> Result<Running, StartError> {
+    // Before the actor environment exists, so its metric handles reach the recorder.
+    crate::metrics::install();
     std::fs::create_dir_all(&config.data_dir)?;
     let (admin_token, admin_token_generated) = match &config.admin_token {
         Some(t) if !t.is_empty() => (t.clone(), false),
@@ -61,6 +63,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         &config.data_dir.join("switchboard.db"),
         full_sync,
     )?);
+    sqlite.set_slow_threshold(Duration::from_millis(config.slow_query_ms));
     let env = Env::new(sqlite.clone(), config.actor_settings(), config.test_hooks);
     let root = actors::root::start(env.clone())
         .await
@@ -98,6 +101,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             .app_data(web::PathConfig::default().error_handler(path_error_handler))
             .wrap(crate::logging::RequestId)
             .configure(crate::http::configure)
+            .configure(crate::admin::configure)
             .service(crate::ws::upgrade)
             .default_service(web::to(not_found))
     })

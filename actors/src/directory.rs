@@ -9,6 +9,7 @@ use dashmap::DashMap;
 use ractor::{ActorRef, MessagingErr};
 
 use crate::device::DeviceMsg;
+use crate::metrics::CacheCounters;
 use crate::root::RootMsg;
 use crate::store::{DeviceRecord, GroupRecord, Store, StoreError};
 use crate::tenant::TenantMsg;
@@ -34,6 +35,19 @@ pub struct Directory {
     addresses: DashMap<(String, String), String>,
     groups: DashMap<String, Arc<GroupRecord>>,
     root: OnceLock<ActorRef<RootMsg>>,
+    address_cache: CacheCounters,
+    group_cache: CacheCounters,
+}
+
+/// Hits, misses and size of one of the directory's lookup caches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LookupCacheStats {
+    /// Lookups answered from the cache.
+    pub hits: u64,
+    /// Lookups that went to the store.
+    pub misses: u64,
+    /// Entries held.
+    pub size: usize,
 }
 
 impl Directory {
@@ -45,6 +59,8 @@ impl Directory {
             addresses: DashMap::new(),
             groups: DashMap::new(),
             root: OnceLock::new(),
+            address_cache: CacheCounters::new("addresses", "memory"),
+            group_cache: CacheCounters::new("groups", "memory"),
         }
     }
 
@@ -129,8 +145,10 @@ impl Directory {
     ) -> Result<Option<String>, StoreError> {
         let key = (tenant_id.to_owned(), address.to_owned());
         if let Some(id) = self.addresses.get(&key) {
+            self.address_cache.hit();
             return Ok(Some(id.clone()));
         }
+        self.address_cache.miss();
         let found = self.store.device_by_address(tenant_id, address).await?;
         Ok(found.map(|d| {
             self.addresses.insert(key, d.id.clone());
@@ -147,8 +165,10 @@ impl Directory {
     /// A group, cached.
     pub async fn group(&self, group_id: &str) -> Result<Option<Arc<GroupRecord>>, StoreError> {
         if let Some(g) = self.groups.get(group_id) {
+            self.group_cache.hit();
             return Ok(Some(g.clone()));
         }
+        self.group_cache.miss();
         let found = self.store.get_group(group_id).await?.map(Arc::new);
         if let Some(g) = &found {
             self.groups.insert(group_id.to_owned(), g.clone());
@@ -159,6 +179,26 @@ impl Directory {
     /// Drops a cached group after its members changed.
     pub fn forget_group(&self, group_id: &str) {
         self.groups.remove(group_id);
+    }
+
+    /// Counters of the address cache ((tenant, address) → device id).
+    pub fn address_cache_stats(&self) -> LookupCacheStats {
+        let (hits, misses) = self.address_cache.get();
+        LookupCacheStats {
+            hits,
+            misses,
+            size: self.addresses.len(),
+        }
+    }
+
+    /// Counters of the group cache (group id → group).
+    pub fn group_cache_stats(&self) -> LookupCacheStats {
+        let (hits, misses) = self.group_cache.get();
+        LookupCacheStats {
+            hits,
+            misses,
+            size: self.groups.len(),
+        }
     }
 
     /// Ids of every running session.

@@ -3,6 +3,8 @@
 use std::sync::Arc;
 
 use crate::directory::Directory;
+use crate::dispatcher::DispatcherHandle;
+use crate::limits::SharedLimits;
 use crate::persistence::PersistencePool;
 use crate::settings::Settings;
 use crate::stats::Stats;
@@ -22,6 +24,10 @@ pub struct Env {
     pub stats: Stats,
     /// Whether test-only hooks (panic injection) are enabled.
     pub test_hooks: bool,
+    /// Tenant and global rate budgets.
+    pub limits: SharedLimits,
+    /// The running queue dispatcher, to wake it on enqueue.
+    pub dispatcher: DispatcherHandle,
 }
 
 impl Env {
@@ -30,6 +36,11 @@ impl Env {
         Arc::new(Env {
             directory: Directory::new(store.clone()),
             persistence: PersistencePool::new(settings.writers),
+            limits: SharedLimits::new(
+                settings.tenant_rate_per_minute,
+                settings.global_rate_per_minute,
+            ),
+            dispatcher: DispatcherHandle::default(),
             store,
             settings,
             stats: Stats::default(),

@@ -3,6 +3,7 @@
 //! ```text
 //! root
 //! ├── persistence   writer actors, one group-commit batch in flight each
+//! ├── dispatcher    the durable send queue (priority lanes, rate-limit aware)
 //! └── tenant:<id>   one TenantSupervisor per tenant, started on demand
 //!     └── device:<id>  one DeviceSession per device, started on demand, stops when idle
 //! ```
@@ -21,7 +22,11 @@ pub mod clock;
 pub mod conn;
 pub mod device;
 pub mod directory;
+pub mod dispatcher;
 pub mod env;
+pub mod jobs;
+pub mod limits;
+pub mod metrics;
 pub mod persistence;
 pub mod root;
 pub mod settings;

@@ -47,6 +47,9 @@ pub struct WriterStats {
     pub last_commit_us: AtomicU64,
     /// Rows waiting for the next commit.
     pub backlog: AtomicU64,
+    /// Append messages queued in the writer's mailbox (ractor does not expose its
+    /// mailbox length: counted on cast, uncounted when handled).
+    pub mailbox: AtomicU64,
 }
 
 /// State of a writer.
@@ -79,6 +82,8 @@ impl Actor for Writer {
         _myself: ActorRef<WriterMsg>,
         args: WriterArgs,
     ) -> Result<WriterState, ActorProcessingErr> {
+        // What the previous incarnation's mailbox held is gone with it.
+        args.stats.mailbox.store(0, Ordering::Relaxed);
         Ok(WriterState {
             rows: Vec::new(),
             completions: Vec::with_capacity(args.batch_max),
@@ -96,6 +101,7 @@ impl Actor for Writer {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             WriterMsg::Append(row, done) => {
+                uncount(&state.args.stats.mailbox);
                 state.rows.push(row);
                 state.completions.push(done);
                 state
@@ -127,6 +133,13 @@ impl Actor for Writer {
         }
         Ok(())
     }
+}
+
+/// Takes one from a counter that a writer restart may have reset (never below zero).
+fn uncount(counter: &AtomicU64) {
+    let _ = counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+        Some(n.saturating_sub(1))
+    });
 }
 
 /// Commits the pending batch, retrying transient failures, then answers everyone waiting.
@@ -163,6 +176,11 @@ async fn commit(state: &mut WriterState) {
             .last_commit_us
             .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         let global: &Stats = &state.args.global.stats;
+        global.metrics.batch_size.record(n as f64);
+        global
+            .metrics
+            .commit_latency
+            .record(started.elapsed().as_secs_f64());
         global.rows_committed.fetch_add(n, Ordering::Relaxed);
         Stats::inc(&global.batches_committed);
     } else if let Err(e) = &result {
@@ -227,13 +245,17 @@ impl PersistencePool {
     /// Queues a row; `done` runs after it is durable. If no writer can take it, `done`
     /// runs at once with an error.
     pub fn append(&self, row: InboxEntry, done: Completion) {
-        let Some(writer) = self.writer(self.slot_of(&row.device_id)) else {
+        let slot = self.slot_of(&row.device_id);
+        let Some(writer) = self.writer(slot) else {
             done(Err(StoreError::Unavailable("no writer".into())));
             return;
         };
+        let mailbox = &self.stats[slot].mailbox;
+        mailbox.fetch_add(1, Ordering::Relaxed);
         if let Err(ractor::MessagingErr::SendErr(WriterMsg::Append(_, done))) =
             writer.cast(WriterMsg::Append(row, done))
         {
+            uncount(mailbox);
             done(Err(StoreError::Unavailable("writer restarting".into())));
         }
     }

@@ -1,11 +1,12 @@
-//! The root supervisor: owns the persistence writers and one supervisor per tenant,
-//! and restarts whichever of them fails.
+//! The root supervisor: owns the persistence writers, the queue dispatcher and one
+//! supervisor per tenant, and restarts whichever of them fails.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
+use crate::dispatcher::Dispatcher;
 use crate::persistence::{Writer, WriterArgs, WriterMsg};
 use crate::tenant::{TenantArgs, TenantMsg, TenantSupervisor};
 use crate::Env;
@@ -20,6 +21,7 @@ pub struct RootState {
     tenant_of: HashMap<ActorId, String>,
     writer_slot: HashMap<ActorId, usize>,
     restarts: HashMap<String, u32>,
+    dispatcher: Option<ActorId>,
 }
 
 /// Messages of the root.
@@ -90,7 +92,10 @@ impl Actor for Root {
             let w = spawn_writer(&myself, &env, slot).await?;
             writer_slot.insert(w.get_id(), slot);
         }
+        let (dispatcher, _) =
+            Actor::spawn_linked(None, Dispatcher, env.clone(), myself.get_cell()).await?;
         Ok(RootState {
+            dispatcher: Some(dispatcher.get_id()),
             env,
             tenants: HashMap::new(),
             tenant_of: HashMap::new(),
@@ -155,12 +160,23 @@ impl Actor for Root {
             _ => return Ok(()),
         };
         let id = cell.get_id();
+        if state.dispatcher == Some(id) {
+            // The queue must always drain: restart the dispatcher whether it failed or
+            // was stopped (`POST /admin/queues/restart`). Jobs are in the store.
+            *state.restarts.entry("dispatcher".into()).or_default() += 1;
+            let (d, _) =
+                Actor::spawn_linked(None, Dispatcher, state.env.clone(), myself.get_cell())
+                    .await?;
+            state.dispatcher = Some(d.get_id());
+            return Ok(());
+        }
         if let Some(slot) = state.writer_slot.remove(&id) {
             // A writer must always exist: restart it whether it failed or stopped.
             *state
                 .restarts
                 .entry(format!("persistence:writer:{slot}"))
                 .or_default() += 1;
+            state.env.stats.metrics.restarts_writer.increment(1);
             let w = spawn_writer(&myself, &state.env, slot).await?;
             state.writer_slot.insert(w.get_id(), slot);
         } else if let Some(tenant_id) = state.tenant_of.remove(&id) {
@@ -171,6 +187,7 @@ impl Actor for Root {
                     .restarts
                     .entry(format!("tenant:{tenant_id}"))
                     .or_default() += 1;
+                state.env.stats.metrics.restarts_tenant.increment(1);
             }
         }
         Ok(())

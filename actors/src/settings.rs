@@ -21,6 +21,18 @@ pub struct Settings {
     pub linger: Duration,
     /// Number of writer actors.
     pub writers: usize,
+    /// Per-tenant budget per minute over all its devices (0: unlimited).
+    pub tenant_rate_per_minute: u32,
+    /// Server-wide budget per minute (0: unlimited).
+    pub global_rate_per_minute: u32,
+    /// Per device→recipient budget per minute (0: off).
+    pub pair_rate_per_minute: u32,
+    /// Queued sends in flight at once.
+    pub queue_concurrency: usize,
+    /// Attempts per queued job before a transient error fails it.
+    pub queue_attempts: u32,
+    /// Queue aging: a job counts as one lane higher for every this long it has waited.
+    pub queue_aging: Duration,
 }
 
 impl Default for Settings {
@@ -34,6 +46,12 @@ impl Default for Settings {
             batch_max: 2048,
             linger: Duration::from_millis(1),
             writers: 1,
+            tenant_rate_per_minute: 6_000_000,
+            global_rate_per_minute: 12_000_000,
+            pair_rate_per_minute: 0,
+            queue_concurrency: 512,
+            queue_attempts: 3,
+            queue_aging: Duration::from_secs(10),
         }
     }
 }

@@ -7,6 +7,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use protocol::rest::Contact;
 
+use crate::jobs::{JobRecord, JobUpdate, QueueCount};
+
 /// Why a store call failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -169,4 +171,32 @@ pub trait Store: Send + Sync + 'static {
         device_id: &str,
         limit: usize,
     ) -> StoreResult<Vec<AcceptedSend>>;
+
+    // ---- durable jobs (state machine in [`crate::jobs`]) ----
+
+    /// Stores new jobs in one transaction.
+    async fn insert_jobs(&self, jobs: Vec<JobRecord>) -> StoreResult<()>;
+    /// A job by id.
+    async fn get_job(&self, id: &str) -> StoreResult<Option<JobRecord>>;
+    /// On dispatcher start: every `active` job back to `waiting`; returns how many.
+    async fn requeue_active_jobs(&self) -> StoreResult<u64>;
+    /// `delayed` jobs whose `not_before` has come → `waiting`; returns how many.
+    async fn promote_due_jobs(&self, now: i64) -> StoreResult<u64>;
+    /// Claims up to `limit` `waiting` jobs, lowest rank first, moving them to `active`.
+    async fn claim_jobs(&self, now: i64, limit: usize) -> StoreResult<Vec<JobRecord>>;
+    /// Applies outcomes of active jobs in one transaction (jobs no longer active are
+    /// left alone).
+    async fn finish_jobs(&self, updates: Vec<JobUpdate>, now: i64) -> StoreResult<()>;
+    /// Records progress of an active job.
+    async fn set_job_progress(&self, id: &str, done: u64, now: i64) -> StoreResult<()>;
+    /// `waiting` / `delayed` → `cancelled`; false if the job was in another state.
+    async fn cancel_job(&self, id: &str, now: i64) -> StoreResult<bool>;
+    /// `failed` → `waiting` with attempts reset and the given rank; false otherwise.
+    async fn retry_job(&self, id: &str, now: i64, rank: i64) -> StoreResult<bool>;
+    /// Job counts by tenant, lane and state.
+    async fn queue_counts(&self) -> StoreResult<Vec<QueueCount>>;
+    /// The sender's stored copy of a queued send (client request id = `job_id`), if it
+    /// was committed: lets the dispatcher complete a job sent before a crash without
+    /// sending it again, however long ago that was.
+    async fn job_send(&self, device_id: &str, job_id: &str) -> StoreResult<Option<AcceptedSend>>;
 }

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
-use crate::device::{DeviceArgs, DeviceMsg, DeviceSession};
+use crate::device::{DeviceArgs, DeviceMsg, DeviceSession, SessionGauge};
 use crate::stats::Stats;
 use crate::store::DeviceRecord;
 use crate::Env;
@@ -29,6 +29,9 @@ struct Slot {
     stopping: bool,
     restarts: u32,
     started: Instant,
+    gauge: Arc<SessionGauge>,
+    /// An operator asked for a restart: start it again once it has stopped.
+    restart_requested: bool,
 }
 
 /// One supervised device session, as the admin tree shows it.
@@ -44,6 +47,10 @@ pub struct ChildInfo {
     pub uptime_secs: u64,
     /// The session.
     pub actor: ActorRef<DeviceMsg>,
+    /// The session's live counters.
+    pub gauge: Arc<SessionGauge>,
+    /// Whether the session is draining (idle stop or requested restart).
+    pub stopping: bool,
 }
 
 /// State of a tenant supervisor.
@@ -65,6 +72,9 @@ pub enum TenantMsg {
     Stopping(String),
     /// The supervised sessions.
     Children(RpcReplyPort<Vec<ChildInfo>>),
+    /// Operator action: stop the device's running session (its clients see 1012) and
+    /// start it again, counting a restart. Answers false when no session is running.
+    Restart(String, RpcReplyPort<bool>),
 }
 
 impl TenantState {
@@ -74,10 +84,12 @@ impl TenantState {
         device: DeviceRecord,
         restarts: u32,
     ) -> Result<ActorRef<DeviceMsg>, String> {
+        let gauge = Arc::new(SessionGauge::default());
         let args = DeviceArgs {
             env: self.env.clone(),
             device: device.clone(),
             tenant: myself.clone(),
+            gauge: gauge.clone(),
         };
         let (actor, _) = Actor::spawn_linked(None, DeviceSession, args, myself.get_cell())
             .await
@@ -92,6 +104,8 @@ impl TenantState {
                 stopping: false,
                 restarts,
                 started: Instant::now(),
+                gauge,
+                restart_requested: false,
             },
         );
         Ok(actor)
@@ -163,10 +177,29 @@ impl Actor for TenantSupervisor {
                         restarts: s.restarts,
                         uptime_secs: s.started.elapsed().as_secs(),
                         actor: s.actor.clone(),
+                        gauge: s.gauge.clone(),
+                        stopping: s.stopping,
                     })
                     .collect();
                 out.sort_by(|a, b| a.address.cmp(&b.address));
                 let _ = reply.send(out);
+            }
+            TenantMsg::Restart(device_id, reply) => {
+                let Some(slot) = state.slots.get_mut(&device_id) else {
+                    let _ = reply.send(false);
+                    return Ok(());
+                };
+                if !slot.restart_requested {
+                    slot.restart_requested = true;
+                    slot.stopping = true;
+                    state
+                        .env
+                        .directory
+                        .unregister(&device_id, &slot.actor.get_cell());
+                    slot.actor
+                        .stop(Some("restart requested by an operator".into()));
+                }
+                let _ = reply.send(true);
             }
         }
         Ok(())
@@ -194,6 +227,13 @@ impl Actor for TenantSupervisor {
         if let Some(reason) = failure {
             tracing::error!(%device_id, tenant_id = %state.tenant_id, %reason, "device session failed; restarting it");
             Stats::inc(&state.env.stats.session_restarts);
+            state.env.stats.metrics.restarts_session.increment(1);
+            let restarted = state.spawn(&myself, slot.device, slot.restarts + 1).await;
+            for (_, reply) in waiters {
+                let _ = reply.send(restarted.clone());
+            }
+        } else if slot.restart_requested {
+            tracing::info!(%device_id, tenant_id = %state.tenant_id, "device session restarted by an operator");
             let restarted = state.spawn(&myself, slot.device, slot.restarts + 1).await;
             for (_, reply) in waiters {
                 let _ = reply.send(restarted.clone());

@@ -213,26 +213,34 @@ pub async fn create_token(
     }))
 }
 
-/// `PUT /v1/devices/{id}/contacts`: inserts or updates up to 10,000 contacts.
+/// Query of `PUT /v1/devices/{id}/contacts`.
+#[derive(Debug, Deserialize)]
+pub struct ContactsQuery {
+    /// Run as a background job even when small.
+    #[serde(default, rename = "async")]
+    run_async: Option<bool>,
+}
+
+/// `PUT /v1/devices/{id}/contacts`: inserts or updates contacts. Up to 10,000 are
+/// upserted at once (200); more, or `?async=true`, become a background job (202
+/// `{"job_id"}`, progress at `GET /v1/jobs/{id}`).
 #[utoipa::path(put, path = "/v1/devices/{id}/contacts", tag = "contacts",
-    params(("id" = String, Path, description = "device id")),
+    params(("id" = String, Path, description = "device id"),
+           ("async" = Option<bool>, Query, description = "run as a background job")),
     request_body = Contacts,
-    responses((status = 200, body = Upserted), (status = 413, body = protocol::error::ErrorBody)))]
+    responses((status = 200, body = Upserted),
+              (status = 202, description = "`{\"job_id\"}`: queued as a background job")))]
 #[put("/v1/devices/{id}/contacts")]
 pub async fn put_contacts(
     tenant: TenantAuth,
     state: web::Data<AppState>,
     id: web::Path<String>,
+    q: web::Query<ContactsQuery>,
     body: web::Json<Contacts>,
 ) -> Result<HttpResponse, ApiError> {
     let device = owned_device(&state, &tenant, &id).await?;
     let contacts = body.into_inner().contacts;
-    if contacts.len() > MAX_CONTACTS_PER_CALL {
-        return Err(ApiError::new(
-            ErrorCode::TooLarge,
-            format!("at most {MAX_CONTACTS_PER_CALL} contacts per call"),
-        ));
-    }
+    let background = q.run_async.unwrap_or(false) || contacts.len() > MAX_CONTACTS_PER_CALL;
     for (i, c) in contacts.iter().enumerate() {
         check_address(&format!("contacts[{i}].address"), &c.address)?;
         if c.name.as_ref().is_some_and(|n| n.len() > 200) {
@@ -240,6 +248,10 @@ pub async fn put_contacts(
                 "`contacts[{i}].name` must be at most 200 characters"
             )));
         }
+    }
+    if background {
+        let job_id = super::jobs::enqueue_contacts(&state, &device, &contacts).await?;
+        return Ok(HttpResponse::Accepted().json(serde_json::json!({ "job_id": job_id })));
     }
     let upserted = state
         .env

@@ -1,10 +1,13 @@
 //! REST handlers. Each handler's doc comment starts with its route.
 
 pub mod admin;
+pub mod admin_ops;
 pub mod devices;
 pub mod groups;
+pub mod jobs;
 pub mod messages;
 pub mod ops;
+pub mod queues;
 
 use actix_web::web;
 
@@ -27,7 +30,16 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(groups::remove_member)
         .service(messages::send_message)
         .service(messages::history)
+        .service(jobs::bulk_send)
+        .service(jobs::get_job)
+        .service(jobs::cancel_job)
+        .service(jobs::retry_job)
+        .service(queues::queue_stats)
+        .service(queues::restart_queues)
         .service(ops::health)
+        .service(admin_ops::cache_stats)
+        .service(admin_ops::db_stats)
+        .service(crate::metrics::prometheus)
         .service(ops::openapi_json);
 }
 

@@ -30,7 +30,20 @@ use crate::state::AppState;
         super::groups::remove_member,
         super::messages::send_message,
         super::messages::history,
+        super::jobs::bulk_send,
+        super::jobs::get_job,
+        super::jobs::cancel_job,
+        super::jobs::retry_job,
+        super::queues::queue_stats,
+        super::queues::restart_queues,
         health,
+        super::admin_ops::cache_stats,
+        super::admin_ops::db_stats,
+        crate::metrics::prometheus,
+        crate::admin::get_tree,
+        crate::admin::events,
+        crate::admin::restart_device,
+        crate::admin::disconnect_device,
     )
 )]
 pub struct ApiDoc;

@@ -23,6 +23,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use actors::jobs::{JobRecord, JobUpdate, QueueCount};
 use actors::store::{
     AcceptedSend, DeviceRecord, GroupRecord, InboxEntry, Store, StoreError, StoreResult,
     TenantRecord,
@@ -30,6 +31,14 @@ use actors::store::{
 use async_trait::async_trait;
 use protocol::rest::Contact;
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Row};
+
+mod jobs;
+#[path = "sqlite_stats.rs"]
+mod stats;
+pub use stats::{
+    known_queries, DbFile, DbStats, IndexStat, OpStat, QueryPlan, SlowOp, SlowReport, TableDetail,
+    SLOW_LOG_CAPACITY,
+};
 
 /// How many reader connections the pool holds.
 const READERS: usize = 4;
@@ -106,6 +115,8 @@ struct Inner {
     writer: Mutex<Connection>,
     readers: Vec<Mutex<Connection>>,
     next_reader: AtomicUsize,
+    /// Per-operation timings and the slow-operation log (see `sqlite_stats.rs`).
+    ops: stats::OpLog,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -263,6 +274,7 @@ impl SqliteStore {
             .pragma_update(None, "wal_autocheckpoint", 100000)
             .map_err(unavailable)?;
         writer.execute_batch(SCHEMA).map_err(unavailable)?;
+        writer.execute_batch(jobs::SCHEMA).map_err(unavailable)?;
 
         let mut readers = Vec::with_capacity(READERS);
         for _ in 0..READERS {
@@ -281,6 +293,7 @@ impl SqliteStore {
             writer: Mutex::new(writer),
             readers,
             next_reader: AtomicUsize::new(0),
+            ops: stats::OpLog::default(),
         });
         spawn_checkpointer(checkpointer, Arc::downgrade(&inner));
         Ok(SqliteStore { inner })
@@ -293,12 +306,17 @@ impl SqliteStore {
         F: FnOnce(&mut Connection) -> StoreResult<T> + Send + 'static,
     {
         let inner = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || {
+        let started = std::time::Instant::now();
+        let result = tokio::task::spawn_blocking(move || {
             let mut conn = lock(&inner.writer);
             f(&mut conn)
         })
         .await
-        .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
+        .unwrap_or_else(|e| Err(StoreError::Unavailable(format!("store task failed: {e}"))));
+        self.inner
+            .ops
+            .record(std::any::type_name::<F>(), started.elapsed());
+        result
     }
 
     /// Runs `f` on a reader connection (a free one if any), on the blocking pool.
@@ -308,12 +326,17 @@ impl SqliteStore {
         F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
     {
         let inner = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || {
+        let started = std::time::Instant::now();
+        let result = tokio::task::spawn_blocking(move || {
             let conn = inner.reader();
             f(&conn)
         })
         .await
-        .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
+        .unwrap_or_else(|e| Err(StoreError::Unavailable(format!("store task failed: {e}"))));
+        self.inner
+            .ops
+            .record(std::any::type_name::<F>(), started.elapsed());
+        result
     }
 
     /// Per-table row counts and index names (for the admin endpoint).
@@ -351,6 +374,24 @@ impl SqliteStore {
                 });
             }
             Ok(stats)
+        })
+        .await
+    }
+
+    /// Registered devices per tenant (for the admin tree's tenant summaries).
+    pub async fn device_counts(
+        &self,
+    ) -> Result<std::collections::HashMap<String, u64>, StoreError> {
+        self.read(|conn| {
+            conn.prepare_cached("SELECT tenant_id, COUNT(*) FROM devices GROUP BY tenant_id")
+                .and_then(|mut st| {
+                    st.query_map([], |r| {
+                        let n: i64 = r.get(1)?;
+                        Ok((r.get::<_, String>(0)?, u64::try_from(n).unwrap_or(0)))
+                    })?
+                    .collect()
+                })
+                .map_err(unavailable)
         })
         .await
     }
@@ -748,6 +789,50 @@ impl Store for SqliteStore {
             .map_err(unavailable)
         })
         .await
+    }
+
+    async fn insert_jobs(&self, jobs: Vec<JobRecord>) -> StoreResult<()> {
+        self.jobs_insert(jobs).await
+    }
+
+    async fn get_job(&self, id: &str) -> StoreResult<Option<JobRecord>> {
+        self.jobs_get(id).await
+    }
+
+    async fn requeue_active_jobs(&self) -> StoreResult<u64> {
+        self.jobs_requeue_active().await
+    }
+
+    async fn promote_due_jobs(&self, now: i64) -> StoreResult<u64> {
+        self.jobs_promote_due(now).await
+    }
+
+    async fn claim_jobs(&self, now: i64, limit: usize) -> StoreResult<Vec<JobRecord>> {
+        self.jobs_claim(now, limit).await
+    }
+
+    async fn finish_jobs(&self, updates: Vec<JobUpdate>, now: i64) -> StoreResult<()> {
+        self.jobs_finish(updates, now).await
+    }
+
+    async fn set_job_progress(&self, id: &str, done: u64, now: i64) -> StoreResult<()> {
+        self.jobs_progress(id, done, now).await
+    }
+
+    async fn cancel_job(&self, id: &str, now: i64) -> StoreResult<bool> {
+        self.jobs_cancel(id, now).await
+    }
+
+    async fn retry_job(&self, id: &str, now: i64, rank: i64) -> StoreResult<bool> {
+        self.jobs_retry(id, now, rank).await
+    }
+
+    async fn queue_counts(&self) -> StoreResult<Vec<QueueCount>> {
+        self.jobs_counts().await
+    }
+
+    async fn job_send(&self, device_id: &str, job_id: &str) -> StoreResult<Option<AcceptedSend>> {
+        self.jobs_sent(device_id, job_id).await
     }
 }
 

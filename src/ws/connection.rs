@@ -66,6 +66,8 @@ impl Connection {
             heartbeat_ms: self.state.config.heartbeat_ms,
         }
         .encode();
+        let _open = crate::metrics::OpenConnection::open();
+        crate::metrics::ws().frames_out.increment(1);
         if session.text(ready).await.is_err() {
             let _ = device_ref.cast(DeviceMsg::Detach(self.id));
             return;
@@ -149,11 +151,13 @@ impl Connection {
                     last_heard = Instant::now();
                     match msg {
                         Some(Ok(AggregatedMessage::Text(text))) => {
+                            crate::metrics::ws().frames_in.increment(1);
                             if let Err(end) = self.on_text(&text, device_ref, tx).await {
                                 return end;
                             }
                         }
                         Some(Ok(AggregatedMessage::Binary(_))) => {
+                            crate::metrics::ws().frames_in.increment(1);
                             let frame = error_frame(None, ErrorCode::BadRequest, "binary frames are not supported; send JSON text", None);
                             if tx.try_send(frame).is_err() {
                                 return End::Close(close::TOO_SLOW, "too slow");
@@ -305,10 +309,12 @@ async fn write_frames(
     mut rx: mpsc::Receiver<Frame>,
     progress: Arc<Progress>,
 ) {
+    let frames_out = &crate::metrics::ws().frames_out;
     while let Some(frame) = rx.recv().await {
         if session.text(frame.to_string()).await.is_err() {
             break;
         }
         progress.touch();
+        frames_out.increment(1);
     }
 }

@@ -4,7 +4,12 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod admin_page;
+mod admin_tree;
+mod bulk;
 mod isolation;
+mod jobs;
+mod ops;
 mod process;
 mod resilience;
 mod rest;

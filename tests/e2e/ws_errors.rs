@@ -504,8 +504,8 @@ async fn rate_limit_over_websocket() {
     assert_eq!(err["type"], "error", "{err}");
     assert_eq!(err["code"], "rate_limited", "{err}");
     let retry = err["retry_after_ms"].as_u64().expect("retry_after_ms");
-    // 3 per minute: the next token is up to 20 s away.
-    assert!(retry > 0 && retry <= 20_000, "{err}");
+    // 3 per minute, spent at once: the next send may go when the first is a minute old.
+    assert!(retry > 0 && retry <= 60_000, "{err}");
     assert!(started.elapsed() < Duration::from_secs(5));
 
     // The refused id is not remembered: a resend is refused again, not acked.

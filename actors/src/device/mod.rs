@@ -6,6 +6,7 @@
 //! and seqs, queues rows with the persistence pool and moves on; the ack goes out when
 //! the sender's copy and every recipient's row are durable.
 
+mod gauge;
 mod limiter;
 pub mod routing;
 mod tracker;
@@ -19,11 +20,14 @@ use protocol::{ErrorCode, MessageRef, Priority, ServerFrame, Target};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::oneshot;
 
+pub use gauge::{GaugeReading, SessionGauge};
 pub use limiter::TierLimiter;
 use tracker::{RowGuard, SendTracker};
 
 use crate::clock::now_ms;
 use crate::conn::{ConnHandle, Frame, Push};
+use crate::limits::{Scope, TokenBucket};
+use crate::metrics::{secs_since_ms, CachedEntry, SessionMetrics};
 use crate::stats::Stats;
 use crate::store::{DeviceRecord, InboxEntry};
 use crate::tenant::TenantMsg;
@@ -40,6 +44,8 @@ pub struct DeviceArgs {
     pub device: DeviceRecord,
     /// Its supervisor.
     pub tenant: ActorRef<TenantMsg>,
+    /// Where the session publishes its live counters (read by the admin tree).
+    pub gauge: Arc<SessionGauge>,
 }
 
 /// A refused request, as REST and WebSocket report it.
@@ -178,6 +184,10 @@ pub enum DeviceMsg {
     InvalidateContacts,
     /// Test hook: panic inside the session (only when test hooks are enabled).
     InjectPanic,
+    /// Admin tree: answers how long this message waited in the mailbox (µs), given
+    /// when it was sent. ractor does not expose mailbox length; this wait is the
+    /// observable backlog.
+    MailboxProbe(Instant, RpcReplyPort<u64>),
 }
 
 enum Recent {
@@ -186,6 +196,8 @@ enum Recent {
 }
 
 struct PendingSend {
+    /// When the session received the send (ack latency).
+    received: Instant,
     client_id: Option<String>,
     answer: MessageAccepted,
     responders: Vec<Responder>,
@@ -204,6 +216,7 @@ pub struct DeviceState {
     last_seen: Option<i64>,
     next_seq: u64,
     limiter: TierLimiter,
+    pairs: HashMap<String, TokenBucket>,
     recent: HashMap<String, Recent>,
     recent_order: VecDeque<String>,
     pending: HashMap<u64, PendingSend>,
@@ -213,6 +226,11 @@ pub struct DeviceState {
     messages_in: u64,
     messages_out: u64,
     contacts: Option<Arc<Vec<Contact>>>,
+    /// Counts the cached contact list in the cache-size gauge while it is held.
+    contacts_entry: Option<CachedEntry>,
+    /// Tenant-labelled message counters, registered once per session start.
+    metrics: SessionMetrics,
+    gauge: Arc<SessionGauge>,
 }
 
 #[ractor::async_trait]
@@ -231,9 +249,11 @@ impl Actor for DeviceSession {
             me: myself,
             flush_scheduled: false,
             limiter: TierLimiter::new(env.settings.rate_per_minute),
+            pairs: HashMap::new(),
             address: args.device.address.as_str().into(),
             id: args.device.id.as_str().into(),
             last_seen: args.device.last_seen,
+            metrics: SessionMetrics::new(&args.device.tenant_id),
             device: args.device,
             tenant: args.tenant,
             conns: Vec::new(),
@@ -247,6 +267,8 @@ impl Actor for DeviceSession {
             messages_in: 0,
             messages_out: 0,
             contacts: None,
+            contacts_entry: None,
+            gauge: args.gauge,
             env,
         })
     }
@@ -281,6 +303,19 @@ impl Actor for DeviceSession {
     }
 
     async fn handle(
+        &self,
+        myself: ActorRef<DeviceMsg>,
+        msg: DeviceMsg,
+        state: &mut DeviceState,
+    ) -> Result<(), ActorProcessingErr> {
+        let result = self.handle_msg(myself, msg, state).await;
+        state.gauge.publish(state);
+        result
+    }
+}
+
+impl DeviceSession {
+    async fn handle_msg(
         &self,
         myself: ActorRef<DeviceMsg>,
         msg: DeviceMsg,
@@ -329,6 +364,13 @@ impl Actor for DeviceSession {
                     let pushed = state.push_all(frame, exclude);
                     if pushed > 0 && exclude.is_none() {
                         Stats::inc(&state.env.stats.messages_delivered);
+                        state.metrics.delivered.increment(1);
+                        state
+                            .env
+                            .stats
+                            .metrics
+                            .delivery_latency
+                            .record(secs_since_ms(outgoing.ts));
                     }
                 }
             }
@@ -373,14 +415,17 @@ impl Actor for DeviceSession {
                 let result = match &state.contacts {
                     Some(c) => {
                         Stats::inc(&stats.contact_cache_hits);
+                        stats.metrics.contacts.hit();
                         Ok(c.clone())
                     }
                     None => {
                         Stats::inc(&stats.contact_cache_misses);
+                        stats.metrics.contacts.miss();
                         match state.env.store.list_contacts(&state.device.id).await {
                             Ok(list) => {
                                 let list = Arc::new(list);
                                 state.contacts = Some(list.clone());
+                                state.contacts_entry = Some(CachedEntry::contact_list(&state.env));
                                 Ok(list)
                             }
                             Err(e) => Err(SendError::new(ErrorCode::Unavailable, e.to_string())),
@@ -389,7 +434,10 @@ impl Actor for DeviceSession {
                 };
                 let _ = reply.send(result);
             }
-            DeviceMsg::InvalidateContacts => state.contacts = None,
+            DeviceMsg::InvalidateContacts => {
+                state.contacts = None;
+                state.contacts_entry = None;
+            }
             DeviceMsg::FlushOutbound => {
                 state.flush_scheduled = false;
                 state.check_conns();
@@ -398,6 +446,9 @@ impl Actor for DeviceSession {
                 if state.env.test_hooks {
                     panic!("panic injected into device session {}", state.device.id);
                 }
+            }
+            DeviceMsg::MailboxProbe(sent, reply) => {
+                let _ = reply.send(sent.elapsed().as_micros() as u64);
             }
         }
         Ok(())
@@ -519,6 +570,7 @@ impl DeviceState {
     }
 
     async fn send(&mut self, myself: &ActorRef<DeviceMsg>, req: SendRequest, responder: Responder) {
+        let received = Instant::now();
         let client_id = req.client_id.clone();
         if let Some(id) = &client_id {
             match self.recent.get(id) {
@@ -538,12 +590,19 @@ impl DeviceState {
         }
         if let Err(wait) = self.limiter.check(req.priority) {
             Stats::inc(&self.env.stats.rate_limited);
+            self.env.stats.metrics.rate_limited_device.increment(1);
             let err = SendError {
                 code: ErrorCode::RateLimited,
                 message: format!("over the {:?} budget for this device", req.priority)
                     .to_lowercase(),
                 retry_after_ms: Some(wait.as_millis().max(1) as u64),
             };
+            self.respond(responder, client_id.as_deref(), Err(err));
+            return;
+        }
+        if let Err(err) = self.check_shared_budgets(&req) {
+            self.limiter.refund(req.priority);
+            Stats::inc(&self.env.stats.rate_limited);
             self.respond(responder, client_id.as_deref(), Err(err));
             return;
         }
@@ -570,6 +629,7 @@ impl DeviceState {
         let key = self.next_key;
         self.next_key += 1;
         self.messages_out += 1;
+        self.metrics.sent.increment(1);
         let answer = MessageAccepted {
             message_id: outgoing.message_id.to_string(),
             seq,
@@ -582,6 +642,7 @@ impl DeviceState {
         self.pending.insert(
             key,
             PendingSend {
+                received,
                 client_id: client_id.clone(),
                 answer,
                 responders: vec![responder],
@@ -620,12 +681,67 @@ impl DeviceState {
         drop(tracker);
     }
 
+    /// The budgets above the device tier: the device→recipient pair (when on), the
+    /// tenant and the global one. Takes a token from each or from none.
+    fn check_shared_budgets(&mut self, req: &SendRequest) -> Result<(), SendError> {
+        let limited = |what: &str, wait: std::time::Duration| SendError {
+            code: ErrorCode::RateLimited,
+            message: format!("over the {what} budget"),
+            retry_after_ms: Some(wait.as_millis().max(1) as u64),
+        };
+        let pair_rate = self.env.settings.pair_rate_per_minute;
+        let pair_key = match &req.target {
+            Target::To(a) if pair_rate > 0 => Some(a.as_str()),
+            _ => None,
+        };
+        if let Some(to) = pair_key {
+            if self.pairs.len() > 4096 {
+                self.pairs.retain(|_, b| !b.is_full());
+            }
+            let bucket = match self.pairs.get_mut(to) {
+                Some(b) => b,
+                None => self
+                    .pairs
+                    .entry(to.to_owned())
+                    .or_insert_with(|| TokenBucket::spaced(pair_rate)),
+            };
+            if let Err(w) = bucket.try_take() {
+                self.env.stats.metrics.rate_limited_device.increment(1);
+                return Err(limited("per-recipient", w));
+            }
+        }
+        if let Err((scope, wait)) = self.env.limits.acquire(&self.device.tenant_id) {
+            if let Some(b) = pair_key.and_then(|to| self.pairs.get_mut(to)) {
+                b.refund();
+            }
+            let metrics = &self.env.stats.metrics;
+            let what = match scope {
+                Scope::Tenant => {
+                    metrics.rate_limited_tenant.increment(1);
+                    "tenant"
+                }
+                Scope::Global => {
+                    metrics.rate_limited_global.increment(1);
+                    "server-wide"
+                }
+            };
+            return Err(limited(what, wait));
+        }
+        Ok(())
+    }
+
     fn finish_send(&mut self, key: u64, ok: bool) {
         let Some(p) = self.pending.remove(&key) else {
             return;
         };
         let result = if ok {
             Stats::inc(&self.env.stats.messages_acked);
+            self.metrics.acked.increment(1);
+            self.env
+                .stats
+                .metrics
+                .ack_latency
+                .record(p.received.elapsed().as_secs_f64());
             Ok(p.answer.clone())
         } else {
             Err(SendError::new(

@@ -1,0 +1,438 @@
+//! The queue dispatcher: drains durable jobs (see [`crate::jobs`]) through the device
+//! sessions, in priority order, within every rate budget.
+//!
+//! Why it is shaped this way:
+//! - **Batches, not rows.** Each poll promotes due `delayed` jobs and claims up to a
+//!   thousand `waiting` ones in one transaction each; outcomes are buffered and written
+//!   back in one transaction per few milliseconds. The store never sees a query per job.
+//! - **Lanes with aging.** The claim order is the job's `rank`: its due time plus
+//!   lane × `queue_aging` (critical 0 … low 3). A low job that has waited three aging
+//!   periods outranks a critical job enqueued now, so low never starves.
+//! - **Pacing, not failing.** A send refused with `rate_limited` puts the job back as
+//!   `delayed` until the budget refills; later refusals for the same device and lane are
+//!   spread one budget interval apart so they do not all come back at once.
+//! - **Idempotent resend.** The job id is the send's client request id: a job that was
+//!   `active` when the process died goes back to `waiting` on start and its resend is
+//!   answered from the device session's idempotency window.
+//! - At most `queue_concurrency` sends are in flight.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use protocol::rest::Contact;
+use protocol::{ErrorCode, Priority, Target};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::sync::oneshot;
+
+use crate::clock::now_ms;
+use crate::device::{DeviceMsg, Responder, SendError, SendRequest};
+use crate::directory::RouteError;
+use crate::jobs::{JobKind, JobRecord, JobUpdate};
+use crate::Env;
+
+/// Most jobs claimed per poll.
+const CLAIM_BATCH: usize = 1000;
+/// Buffered outcomes that force a write at once.
+const FLUSH_AT: usize = 512;
+/// How long outcomes may wait to be written together.
+const FLUSH_LINGER: Duration = Duration::from_millis(5);
+/// Period of the poll for jobs whose delay ran out.
+const TICK: Duration = Duration::from_millis(100);
+/// Contacts per transaction in a contact-sync job.
+pub const CONTACT_BATCH: usize = 10_000;
+
+/// The dispatcher actor.
+pub struct Dispatcher;
+
+/// Messages of the dispatcher.
+pub enum DispatcherMsg {
+    /// New jobs were stored (or retried): poll now.
+    Wake,
+    /// Periodic poll for delayed jobs that came due.
+    Tick,
+    /// A job's outcome.
+    Done(JobUpdate, Option<Blocked>),
+    /// Write buffered outcomes.
+    Flush,
+}
+
+/// A rate-limit refusal seen for a device and lane.
+#[derive(Debug, Clone)]
+pub struct Blocked {
+    device_id: String,
+    lane: Priority,
+    retry_after_ms: i64,
+}
+
+struct Pacing {
+    until: i64,
+    step: i64,
+    next: i64,
+}
+
+/// State of the dispatcher.
+pub struct DispatcherState {
+    env: Arc<Env>,
+    inflight: usize,
+    updates: Vec<JobUpdate>,
+    flush_scheduled: bool,
+    maybe_waiting: bool,
+    pacing: HashMap<(String, Priority), Pacing>,
+}
+
+/// Where the running dispatcher is, for waking it and restarting it.
+#[derive(Default)]
+pub struct DispatcherHandle(Mutex<Option<ActorRef<DispatcherMsg>>>);
+
+impl DispatcherHandle {
+    fn slot(&self) -> std::sync::MutexGuard<'_, Option<ActorRef<DispatcherMsg>>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The running dispatcher, if any.
+    pub fn current(&self) -> Option<ActorRef<DispatcherMsg>> {
+        self.slot().clone()
+    }
+
+    /// Tells the dispatcher new jobs are due.
+    pub fn wake(&self) {
+        if let Some(d) = self.current() {
+            let _ = d.cast(DispatcherMsg::Wake);
+        }
+    }
+
+    /// Stops the running dispatcher; the root supervisor starts a fresh one, which puts
+    /// in-flight jobs back in the queue. Returns whether one was running.
+    pub fn restart(&self) -> bool {
+        match self.slot().take() {
+            Some(d) => {
+                d.stop(Some("restart requested".into()));
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+impl std::fmt::Debug for DispatcherHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DispatcherHandle")
+            .field("running", &self.current().is_some())
+            .finish()
+    }
+}
+
+#[ractor::async_trait]
+impl Actor for Dispatcher {
+    type Msg = DispatcherMsg;
+    type State = DispatcherState;
+    type Arguments = Arc<Env>;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<DispatcherMsg>,
+        env: Arc<Env>,
+    ) -> Result<DispatcherState, ActorProcessingErr> {
+        let requeued = env.store.requeue_active_jobs().await?;
+        if requeued > 0 {
+            tracing::info!(requeued, "dispatcher: active jobs back in the queue");
+        }
+        *env.dispatcher.slot() = Some(myself.clone());
+        myself.send_interval(TICK, || DispatcherMsg::Tick);
+        let _ = myself.cast(DispatcherMsg::Wake);
+        Ok(DispatcherState {
+            env,
+            inflight: 0,
+            updates: Vec::new(),
+            flush_scheduled: false,
+            maybe_waiting: true,
+            pacing: HashMap::new(),
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        myself: ActorRef<DispatcherMsg>,
+        state: &mut DispatcherState,
+    ) -> Result<(), ActorProcessingErr> {
+        let mut slot = state.env.dispatcher.slot();
+        if slot.as_ref().is_some_and(|d| d.get_id() == myself.get_id()) {
+            *slot = None;
+        }
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<DispatcherMsg>,
+        msg: DispatcherMsg,
+        state: &mut DispatcherState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            DispatcherMsg::Wake => {
+                state.maybe_waiting = true;
+                state.poll(&myself).await?;
+            }
+            DispatcherMsg::Tick => state.poll(&myself).await?,
+            DispatcherMsg::Done(update, blocked) => {
+                state.inflight = state.inflight.saturating_sub(1);
+                let update = match blocked {
+                    Some(b) => state.pace(b, update),
+                    None => update,
+                };
+                state.updates.push(update);
+                if state.updates.len() >= FLUSH_AT {
+                    state.flush(&myself).await?;
+                } else if !state.flush_scheduled {
+                    state.flush_scheduled = true;
+                    myself.send_after(FLUSH_LINGER, || DispatcherMsg::Flush);
+                }
+            }
+            DispatcherMsg::Flush => state.flush(&myself).await?,
+        }
+        Ok(())
+    }
+}
+
+impl DispatcherState {
+    /// Spreads rate-limited jobs of one device and lane one budget interval apart.
+    fn pace(&mut self, b: Blocked, update: JobUpdate) -> JobUpdate {
+        let JobUpdate::Delayed { id, attempts, .. } = update else {
+            return update;
+        };
+        let now = now_ms();
+        let per_minute = i64::from(self.env.settings.rate_per_minute[b.lane.index()].max(1));
+        let step = (60_000 / per_minute).max(1);
+        let entry = self.pacing.entry((b.device_id, b.lane)).or_insert(Pacing {
+            until: 0,
+            step,
+            next: 0,
+        });
+        let not_before = if entry.until > now {
+            entry.next = entry.next.max(entry.until) + entry.step;
+            entry.next
+        } else {
+            entry.until = now + b.retry_after_ms.max(1);
+            entry.step = step;
+            entry.next = entry.until;
+            entry.until
+        };
+        JobUpdate::Delayed {
+            id,
+            not_before,
+            attempts,
+        }
+    }
+
+    async fn flush(&mut self, myself: &ActorRef<DispatcherMsg>) -> Result<(), ActorProcessingErr> {
+        self.flush_scheduled = false;
+        if !self.updates.is_empty() {
+            let updates = std::mem::take(&mut self.updates);
+            let retried = updates
+                .iter()
+                .any(|u| matches!(u, JobUpdate::Delayed { .. }));
+            self.env.store.finish_jobs(updates, now_ms()).await?;
+            if retried {
+                self.maybe_waiting = true;
+            }
+        }
+        self.poll(myself).await
+    }
+
+    async fn poll(&mut self, myself: &ActorRef<DispatcherMsg>) -> Result<(), ActorProcessingErr> {
+        let now = now_ms();
+        if self.env.store.promote_due_jobs(now).await? > 0 {
+            self.maybe_waiting = true;
+        }
+        self.pacing.retain(|_, p| p.next.max(p.until) > now);
+        let free = self
+            .env
+            .settings
+            .queue_concurrency
+            .saturating_sub(self.inflight);
+        if !self.maybe_waiting || free == 0 {
+            return Ok(());
+        }
+        let limit = free.min(CLAIM_BATCH);
+        let jobs = self.env.store.claim_jobs(now, limit).await?;
+        self.maybe_waiting = jobs.len() == limit;
+        for job in jobs {
+            self.inflight += 1;
+            let env = self.env.clone();
+            let me = myself.clone();
+            tokio::spawn(async move {
+                let (update, blocked) = match job.kind {
+                    JobKind::Message => send_job(&env, &job).await,
+                    JobKind::Contacts => (sync_contacts(&env, &job).await, None),
+                };
+                let _ = me.cast(DispatcherMsg::Done(update, blocked));
+            });
+        }
+        Ok(())
+    }
+}
+
+fn transient(env: &Env, job: &JobRecord, attempts: u32, error: String) -> JobUpdate {
+    if attempts >= env.settings.queue_attempts {
+        JobUpdate::Failed {
+            id: job.id.clone(),
+            error,
+            attempts,
+        }
+    } else {
+        let backoff = 500i64.saturating_mul(1 << attempts.saturating_sub(1).min(7));
+        JobUpdate::Delayed {
+            id: job.id.clone(),
+            not_before: now_ms() + backoff,
+            attempts,
+        }
+    }
+}
+
+/// Sends one message job through its device session.
+async fn send_job(env: &Env, job: &JobRecord) -> (JobUpdate, Option<Blocked>) {
+    let attempts = job.attempts + 1;
+    let target = match (&job.target_to, &job.target_group) {
+        (Some(to), _) => Target::To(to.clone()),
+        (None, Some(g)) => Target::Group(g.clone()),
+        (None, None) => {
+            let error = "bad_request: job has no recipient".to_owned();
+            return (
+                JobUpdate::Failed {
+                    id: job.id.clone(),
+                    error,
+                    attempts,
+                },
+                None,
+            );
+        }
+    };
+    // A job touched before (requeued after a crash, retried, delayed) may already have
+    // been sent: its stored copy answers for it, however far back the send was.
+    if job.updated_at != job.created_at || job.attempts > 0 {
+        match env.store.job_send(&job.device_id, &job.id).await {
+            Ok(Some(sent)) => {
+                return (
+                    JobUpdate::Completed {
+                        id: job.id.clone(),
+                        message_id: Some(sent.message_id),
+                        attempts: job.attempts.max(1),
+                    },
+                    None,
+                )
+            }
+            Ok(None) => {}
+            Err(e) => {
+                let error = format!("unavailable: {e}");
+                return (transient(env, job, attempts, error), None);
+            }
+        }
+    }
+    let (tx, rx) = oneshot::channel();
+    let req = SendRequest {
+        client_id: Some(job.id.clone()),
+        target,
+        body: Arc::from(job.body.as_str()),
+        priority: job.lane,
+    };
+    let routed = env
+        .directory
+        .deliver(&job.device_id, DeviceMsg::Send(req, Responder::Rest(tx)))
+        .await;
+    let result = match routed {
+        Ok(()) => rx.await.unwrap_or_else(|_| {
+            Err(SendError::new(
+                ErrorCode::Unavailable,
+                "device session restarted",
+            ))
+        }),
+        Err(RouteError::NoDevice) => Err(SendError::new(
+            ErrorCode::NotFound,
+            "the sending device no longer exists",
+        )),
+        Err(e) => Err(SendError::new(ErrorCode::Unavailable, e.to_string())),
+    };
+    match result {
+        Ok(accepted) => (
+            JobUpdate::Completed {
+                id: job.id.clone(),
+                message_id: Some(accepted.message_id),
+                attempts,
+            },
+            None,
+        ),
+        Err(e) if e.code == ErrorCode::RateLimited => {
+            let wait = e.retry_after_ms.unwrap_or(1000);
+            let wait_ms = i64::try_from(wait).unwrap_or(i64::MAX / 2);
+            (
+                JobUpdate::Delayed {
+                    id: job.id.clone(),
+                    not_before: now_ms().saturating_add(wait_ms),
+                    attempts: job.attempts,
+                },
+                Some(Blocked {
+                    device_id: job.device_id.clone(),
+                    lane: job.lane,
+                    retry_after_ms: wait_ms,
+                }),
+            )
+        }
+        Err(e) if e.code.retryable() || e.code == ErrorCode::Internal => (
+            transient(
+                env,
+                job,
+                attempts,
+                format!("{}: {}", e.code.as_str(), e.message),
+            ),
+            None,
+        ),
+        Err(e) => (
+            JobUpdate::Failed {
+                id: job.id.clone(),
+                error: format!("{}: {}", e.code.as_str(), e.message),
+                attempts,
+            },
+            None,
+        ),
+    }
+}
+
+/// Upserts a contact-sync job's contacts in batches, recording progress after each.
+async fn sync_contacts(env: &Env, job: &JobRecord) -> JobUpdate {
+    let attempts = job.attempts + 1;
+    let contacts: Vec<Contact> = match serde_json::from_str(&job.body) {
+        Ok(c) => c,
+        Err(e) => {
+            return JobUpdate::Failed {
+                id: job.id.clone(),
+                error: format!("bad_request: stored contacts unreadable: {e}"),
+                attempts,
+            }
+        }
+    };
+    let start = usize::try_from(job.progress_done)
+        .unwrap_or(0)
+        .min(contacts.len());
+    let mut done = start;
+    for chunk in contacts[start..].chunks(CONTACT_BATCH) {
+        if let Err(e) = env.store.upsert_contacts(&job.device_id, chunk).await {
+            return transient(env, job, attempts, format!("unavailable: {e}"));
+        }
+        done += chunk.len();
+        if let Err(e) = env
+            .store
+            .set_job_progress(&job.id, done as u64, now_ms())
+            .await
+        {
+            tracing::warn!(job_id = %job.id, error = %e, "could not record progress");
+        }
+    }
+    env.directory
+        .deliver_if_running(&job.device_id, DeviceMsg::InvalidateContacts);
+    JobUpdate::Completed {
+        id: job.id.clone(),
+        message_id: None,
+        attempts,
+    }
+}

@@ -1,0 +1,251 @@
+//! The operator surface: the `/admin` page, the live tree (`/admin/tree` as JSON,
+//! `/admin/events` as Server-Sent Events) and the actions on actors.
+//!
+//! The page is one HTML file, one stylesheet and one script compiled into the binary
+//! (`include_str!`): no CDN, no build step. It serves no data itself; everything it
+//! shows comes from the admin-token routes below.
+//!
+//! Why `/admin/events` also takes `?token=`: the browser's `EventSource` cannot set an
+//! `Authorization` header. Our request log records the path only, never the query
+//! (see [`crate::logging`]), so the token does not reach our logs. The bundled page
+//! does better still: it reads the token from the URL fragment (never sent to a
+//! server), keeps it in `sessionStorage`, and reads the stream with `fetch` and the
+//! `Authorization` header, so the token appears in no URL at all.
+
+pub mod tree;
+
+use std::time::Duration;
+
+use actix_web::http::header;
+use actix_web::web::Bytes;
+use actix_web::{get, post, web, HttpResponse};
+use actors::device::DeviceMsg;
+use actors::root::RootMsg;
+use actors::tenant::TenantMsg;
+use serde_json::json;
+
+use crate::auth::{AdminAuth, AdminStreamAuth};
+use crate::error::ApiError;
+use crate::state::AppState;
+use tree::TreeQuery;
+
+/// How often `/admin/events` pushes a snapshot.
+pub const EVENT_PERIOD: Duration = Duration::from_secs(1);
+
+const PAGE_HTML: &str = include_str!("page/index.html");
+const PAGE_CSS: &str = include_str!("page/admin.css");
+const PAGE_JS: &str = include_str!("page/admin.js");
+
+/// Registers the admin page, tree, events and actions.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    tree::mark_start();
+    cfg.service(page)
+        .service(page_css)
+        .service(page_js)
+        .service(get_tree)
+        .service(events)
+        .service(restart_device)
+        .service(disconnect_device);
+}
+
+fn asset(content_type: &str, body: &'static str) -> HttpResponse {
+    HttpResponse::Ok()
+        .insert_header((header::CONTENT_TYPE, content_type))
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+        .body(body)
+}
+
+/// `GET /admin`: the operator page. Holds no data; the token comes from the URL
+/// fragment (`/admin#token=…`) or a sign-in form.
+#[get("/admin")]
+pub async fn page() -> HttpResponse {
+    let mut res = asset("text/html; charset=utf-8", PAGE_HTML);
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        header::HeaderValue::from_static(
+            "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
+             img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+        ),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        header::HeaderValue::from_static("no-referrer"),
+    );
+    res
+}
+
+/// `GET /admin/assets/admin.css`: the page's stylesheet.
+#[get("/admin/assets/admin.css")]
+pub async fn page_css() -> HttpResponse {
+    asset("text/css; charset=utf-8", PAGE_CSS)
+}
+
+/// `GET /admin/assets/admin.js`: the page's script.
+#[get("/admin/assets/admin.js")]
+pub async fn page_js() -> HttpResponse {
+    asset("text/javascript; charset=utf-8", PAGE_JS)
+}
+
+/// `GET /admin/tree?tenant=&q=&offset=&limit=`: the live supervision tree as JSON.
+#[utoipa::path(get, path = "/admin/tree", tag = "admin",
+    params(
+        ("tenant" = Option<String>, Query, description = "only this tenant's device sessions"),
+        ("q" = Option<String>, Query, description = "substring of a device id or address"),
+        ("offset" = Option<usize>, Query, description = "device rows to skip"),
+        ("limit" = Option<usize>, Query, description = "device rows (default 50, at most 500, 0 for counts only)"),
+    ),
+    responses((status = 200, description = "root, writers, tenant summaries and one page of device sessions"),
+        (status = 401, body = protocol::error::ErrorBody)))]
+#[get("/admin/tree")]
+pub async fn get_tree(
+    _: AdminAuth,
+    state: web::Data<AppState>,
+    query: web::Query<TreeQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let tree = tree::build(&state, &query).await?;
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .json(tree))
+}
+
+fn sse_frame(tree: Result<tree::Tree, ApiError>) -> Bytes {
+    match tree.and_then(|t| {
+        serde_json::to_string(&t)
+            .map_err(|e| ApiError::new(protocol::ErrorCode::Internal, e.to_string()))
+    }) {
+        Ok(json) => Bytes::from(format!("data: {json}\n\n")),
+        Err(e) => Bytes::from(format!(
+            "event: error\ndata: {}\n\n",
+            json!({"code": e.code.as_str(), "message": e.message})
+        )),
+    }
+}
+
+/// `GET /admin/events?tenant=&q=&offset=&limit=[&token=]`: Server-Sent Events, one
+/// `data:` line with a fresh tree snapshot every second. Takes the admin token as a
+/// bearer header or, for `EventSource`, as `?token=`.
+#[utoipa::path(get, path = "/admin/events", tag = "admin",
+    params(("token" = Option<String>, Query, description = "the admin token, for EventSource (which cannot send headers)")),
+    responses((status = 200, description = "text/event-stream: one `data:` line with the /admin/tree JSON every second"),
+        (status = 401, body = protocol::error::ErrorBody)))]
+#[get("/admin/events")]
+pub async fn events(
+    _: AdminStreamAuth,
+    state: web::Data<AppState>,
+    query: web::Query<TreeQuery>,
+) -> HttpResponse {
+    // `token` is not a TreeQuery field: it is ignored here, read by the extractor.
+    let query = query.into_inner();
+    let shutdown = state.shutdown.clone();
+    let stream = futures_util::stream::unfold(
+        (state, query, shutdown, true),
+        |(state, query, mut shutdown, first)| async move {
+            if first {
+                // Tell EventSource how soon to reconnect, and send the first snapshot now.
+                let mut out = b"retry: 2000\n\n".to_vec();
+                out.extend_from_slice(&sse_frame(tree::build(&state, &query).await));
+                return Some((
+                    Ok::<_, actix_web::Error>(Bytes::from(out)),
+                    (state, query, shutdown, false),
+                ));
+            }
+            if *shutdown.borrow() {
+                return None;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(EVENT_PERIOD) => {}
+                _ = shutdown.changed() => return None,
+            }
+            let frame = sse_frame(tree::build(&state, &query).await);
+            Some((Ok(frame), (state, query, shutdown, false)))
+        },
+    );
+    HttpResponse::Ok()
+        .insert_header((header::CONTENT_TYPE, "text/event-stream"))
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .insert_header(("X-Accel-Buffering", "no"))
+        .streaming(stream)
+}
+
+async fn running_session(
+    state: &AppState,
+    device_id: &str,
+) -> Result<(String, ractor::ActorRef<DeviceMsg>), ApiError> {
+    let device = state
+        .env
+        .store
+        .get_device(device_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("no such device"))?;
+    let session = state.env.directory.running(device_id).ok_or_else(|| {
+        ApiError::new(
+            protocol::ErrorCode::Conflict,
+            "the device has no running session (no client connected)",
+        )
+    })?;
+    Ok((device.tenant_id, session))
+}
+
+/// `POST /admin/devices/{id}/restart`: stops the device's session; its tenant
+/// supervisor starts it again and counts a restart. Its clients are closed with 1012
+/// and reconnect. 409 when no session runs.
+#[utoipa::path(post, path = "/admin/devices/{id}/restart", tag = "admin",
+    params(("id" = String, Path, description = "device id")),
+    responses((status = 202, description = "the session is restarting"),
+        (status = 401, body = protocol::error::ErrorBody), (status = 404, body = protocol::error::ErrorBody),
+        (status = 409, body = protocol::error::ErrorBody)))]
+#[post("/admin/devices/{id}/restart")]
+pub async fn restart_device(
+    _: AdminAuth,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let device_id = path.into_inner();
+    let (tenant_id, _) = running_session(&state, &device_id).await?;
+    let root = &state.root;
+    let tenant = ractor::call!(root, RootMsg::Tenant, tenant_id.clone())
+        .map_err(|_| ApiError::new(protocol::ErrorCode::Unavailable, "server restarting"))?
+        .ok_or_else(|| ApiError::new(protocol::ErrorCode::Unavailable, "server restarting"))?;
+    let restarted = ractor::call!(tenant, TenantMsg::Restart, device_id.clone())
+        .map_err(|_| ApiError::new(protocol::ErrorCode::Unavailable, "server restarting"))?;
+    if !restarted {
+        return Err(ApiError::new(
+            protocol::ErrorCode::Conflict,
+            "the device has no running session (no client connected)",
+        ));
+    }
+    tracing::info!(action = "restart", actor = %format!("device:{device_id}"), %device_id, %tenant_id, "admin action: device session restart");
+    Ok(HttpResponse::Accepted().json(json!({
+        "action": "restart",
+        "device_id": device_id,
+        "tenant_id": tenant_id,
+    })))
+}
+
+/// `POST /admin/devices/{id}/disconnect`: closes every client of the device with
+/// 4001 (kicked). 409 when no session runs.
+#[utoipa::path(post, path = "/admin/devices/{id}/disconnect", tag = "admin",
+    params(("id" = String, Path, description = "device id")),
+    responses((status = 202, description = "the clients are being closed with 4001"),
+        (status = 401, body = protocol::error::ErrorBody), (status = 404, body = protocol::error::ErrorBody),
+        (status = 409, body = protocol::error::ErrorBody)))]
+#[post("/admin/devices/{id}/disconnect")]
+pub async fn disconnect_device(
+    _: AdminAuth,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let device_id = path.into_inner();
+    let (tenant_id, session) = running_session(&state, &device_id).await?;
+    session
+        .cast(DeviceMsg::Kick(protocol::error::close::KICKED))
+        .map_err(|_| ApiError::new(protocol::ErrorCode::Conflict, "the session just stopped"))?;
+    tracing::info!(action = "disconnect", actor = %format!("device:{device_id}"), %device_id, %tenant_id, "admin action: device clients disconnected");
+    Ok(HttpResponse::Accepted().json(json!({
+        "action": "disconnect",
+        "device_id": device_id,
+        "tenant_id": tenant_id,
+    })))
+}

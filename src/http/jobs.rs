@@ -1,0 +1,497 @@
+//! Bulk sends and job control: `POST /v1/messages/bulk`, `GET|DELETE /v1/jobs/{id}`,
+//! `POST /v1/jobs/{id}/retry`.
+//!
+//! A bulk call is validated whole (errors name the offending index), then every job is
+//! stored in one transaction before the 202 answer, so an accepted job survives a crash.
+//! The dispatcher (see `actors::dispatcher`) is woken and drains them.
+
+use std::collections::HashMap;
+
+use actix_web::{delete, get, post, web, HttpResponse};
+use actors::clock::now_ms;
+use actors::jobs::{rank, JobKind, JobRecord, JobState};
+use protocol::{ErrorCode, Priority};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use super::check_address;
+use crate::auth::TenantAuth;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// Most messages in one `messages` list.
+pub const MAX_BULK_MESSAGES: usize = 10_000;
+/// Most recipients in one campaign (`to` list).
+pub const MAX_CAMPAIGN_RECIPIENTS: usize = 100_000;
+
+/// `POST /v1/messages/bulk` body: a `messages` list, or the campaign form
+/// (`device`, `to` list, `body`, `priority`). `send_at` (Unix ms) schedules them all.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct BulkRequest {
+    /// Up to 10,000 `{device, to | group, body, priority?, send_at?}`.
+    #[serde(default)]
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub messages: Option<Vec<Box<RawValue>>>,
+    /// Campaign form: the sending device.
+    #[serde(default)]
+    pub device: Option<String>,
+    /// Campaign form: up to 100,000 recipient addresses.
+    #[serde(default)]
+    #[schema(value_type = Option<Vec<String>>)]
+    pub to: Option<Box<RawValue>>,
+    /// Campaign form: the body (a JSON object) every recipient gets.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub body: Option<Box<RawValue>>,
+    /// Campaign form: the lane (default normal).
+    #[serde(default)]
+    pub priority: Option<String>,
+    /// Not before this time (Unix ms).
+    #[serde(default)]
+    pub send_at: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+struct BulkItem {
+    #[serde(default)]
+    device: Option<String>,
+    #[serde(default)]
+    to: Option<String>,
+    #[serde(default)]
+    group: Option<String>,
+    #[serde(default)]
+    body: Option<Box<RawValue>>,
+    #[serde(default)]
+    priority: Option<String>,
+    #[serde(default)]
+    send_at: Option<i64>,
+}
+
+/// `POST /v1/messages/bulk` answer: one job id per message, in order.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct BulkAccepted {
+    /// Job ids.
+    pub job_ids: Vec<String>,
+}
+
+/// Progress of a background job.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct JobProgress {
+    /// Items done.
+    pub done: u64,
+    /// Items in all.
+    pub total: u64,
+}
+
+/// A job as the API shows it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct JobView {
+    /// Job id.
+    pub job_id: String,
+    /// `message` or `contacts`.
+    pub kind: &'static str,
+    /// `waiting`, `delayed`, `active`, `completed`, `failed` or `cancelled`.
+    pub state: &'static str,
+    /// Send attempts made (rate-limit waits not counted).
+    pub attempts: u32,
+    /// Lane.
+    pub priority: Priority,
+    /// Sending device.
+    pub device: String,
+    /// Recipient address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+    /// Recipient group.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// The message created, once completed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<String>,
+    /// Why it failed (`code: detail`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Requested schedule (Unix ms).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub send_at: Option<i64>,
+    /// Not run before this time (Unix ms).
+    pub not_before: i64,
+    /// Creation time (Unix ms).
+    pub created_at: i64,
+    /// Last change (Unix ms).
+    pub updated_at: i64,
+    /// Contact syncs: how far along.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub progress: Option<JobProgress>,
+}
+
+impl From<JobRecord> for JobView {
+    fn from(j: JobRecord) -> Self {
+        JobView {
+            kind: j.kind.as_str(),
+            state: j.state.as_str(),
+            attempts: j.attempts,
+            priority: j.lane,
+            device: j.device_id,
+            to: j.target_to,
+            group: j.target_group,
+            message_id: j.message_id,
+            error: j.error,
+            send_at: j.send_at,
+            not_before: j.not_before,
+            created_at: j.created_at,
+            updated_at: j.updated_at,
+            progress: (j.kind == JobKind::Contacts).then_some(JobProgress {
+                done: j.progress_done,
+                total: j.progress_total,
+            }),
+            job_id: j.id,
+        }
+    }
+}
+
+/// A fresh job id (also the send's client request id, so at most 64 characters).
+pub fn new_job_id() -> String {
+    format!("j_{}", ulid::Ulid::new().to_string().to_lowercase())
+}
+
+/// A new job in `waiting` (or `delayed` when `send_at` is in the future).
+#[allow(clippy::too_many_arguments)]
+pub fn new_job(
+    state: &AppState,
+    kind: JobKind,
+    tenant_id: &str,
+    device_id: &str,
+    lane: Priority,
+    to: Option<String>,
+    group: Option<String>,
+    body: String,
+    send_at: Option<i64>,
+    now: i64,
+) -> JobRecord {
+    let due = send_at.unwrap_or(now).max(now);
+    JobRecord {
+        id: new_job_id(),
+        kind,
+        tenant_id: tenant_id.to_owned(),
+        device_id: device_id.to_owned(),
+        lane,
+        state: if due > now {
+            JobState::Delayed
+        } else {
+            JobState::Waiting
+        },
+        attempts: 0,
+        target_to: to,
+        target_group: group,
+        body,
+        message_id: None,
+        error: None,
+        send_at,
+        not_before: due,
+        rank: rank(due, lane, state.env.settings.queue_aging),
+        created_at: now,
+        updated_at: now,
+        progress_done: 0,
+        progress_total: 0,
+    }
+}
+
+fn parse_priority(field: &str, p: Option<&str>) -> Result<Priority, ApiError> {
+    match p {
+        None => Ok(Priority::Normal),
+        Some(s) => Priority::parse(s).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "`{field}` must be critical, high, normal or low, got {s:?}"
+            ))
+        }),
+    }
+}
+
+fn parse_body(field: &str, b: Option<&RawValue>) -> Result<String, ApiError> {
+    match b {
+        Some(raw) if raw.get().starts_with('{') => Ok(raw.get().to_owned()),
+        _ => Err(ApiError::bad_request(format!(
+            "`{field}` must be a JSON object"
+        ))),
+    }
+}
+
+fn check_send_at(field: &str, v: Option<i64>) -> Result<(), ApiError> {
+    match v {
+        Some(t) if t < 0 => Err(ApiError::bad_request(format!(
+            "`{field}` must be a Unix time in milliseconds"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// One validated message of a bulk call.
+struct Parsed {
+    device: String,
+    to: Option<String>,
+    group: Option<String>,
+    body: String,
+    lane: Priority,
+    send_at: Option<i64>,
+}
+
+fn parse_bulk(req: BulkRequest) -> Result<Vec<Parsed>, ApiError> {
+    check_send_at("send_at", req.send_at)?;
+    if let Some(messages) = req.messages {
+        if req.device.is_some() || req.to.is_some() || req.body.is_some() {
+            return Err(ApiError::bad_request(
+                "give either `messages` or the campaign form (`device`, `to`, `body`), not both",
+            ));
+        }
+        if messages.is_empty() {
+            return Err(ApiError::bad_request("`messages` is empty"));
+        }
+        if messages.len() > MAX_BULK_MESSAGES {
+            return Err(ApiError::new(
+                ErrorCode::TooLarge,
+                format!("at most {MAX_BULK_MESSAGES} messages per call"),
+            ));
+        }
+        let mut out = Vec::with_capacity(messages.len());
+        for (i, raw) in messages.iter().enumerate() {
+            let item: BulkItem = serde_json::from_str(raw.get())
+                .map_err(|e| ApiError::bad_request(format!("messages[{i}]: {e}")))?;
+            let device = item
+                .device
+                .ok_or_else(|| ApiError::bad_request(format!("messages[{i}].device is missing")))?;
+            match (&item.to, &item.group) {
+                (Some(to), None) => check_address(&format!("messages[{i}].to"), to)?,
+                (None, Some(g)) if !g.is_empty() => {}
+                (None, Some(_)) => {
+                    return Err(ApiError::bad_request(format!(
+                        "messages[{i}].group is empty"
+                    )))
+                }
+                _ => {
+                    return Err(ApiError::bad_request(format!(
+                        "messages[{i}] needs exactly one of `to` or `group`"
+                    )))
+                }
+            }
+            let body = parse_body(&format!("messages[{i}].body"), item.body.as_deref())?;
+            let lane =
+                parse_priority(&format!("messages[{i}].priority"), item.priority.as_deref())?;
+            check_send_at(&format!("messages[{i}].send_at"), item.send_at)?;
+            out.push(Parsed {
+                device,
+                to: item.to,
+                group: item.group,
+                body,
+                lane,
+                send_at: item.send_at.or(req.send_at),
+            });
+        }
+        return Ok(out);
+    }
+    let device = req
+        .device
+        .ok_or_else(|| ApiError::bad_request("give `messages`, or `device`, `to` and `body`"))?;
+    let to: Vec<String> = match &req.to {
+        Some(raw) => serde_json::from_str(raw.get()).map_err(|_| {
+            ApiError::bad_request("campaign `to` must be a list of E.164 addresses")
+        })?,
+        None => return Err(ApiError::bad_request("campaign `to` is missing")),
+    };
+    if to.is_empty() {
+        return Err(ApiError::bad_request("campaign `to` is empty"));
+    }
+    if to.len() > MAX_CAMPAIGN_RECIPIENTS {
+        return Err(ApiError::new(
+            ErrorCode::TooLarge,
+            format!("at most {MAX_CAMPAIGN_RECIPIENTS} recipients per campaign"),
+        ));
+    }
+    let body = parse_body("body", req.body.as_deref())?;
+    let lane = parse_priority("priority", req.priority.as_deref())?;
+    let mut out = Vec::with_capacity(to.len());
+    for (i, address) in to.into_iter().enumerate() {
+        check_address(&format!("to[{i}]"), &address)?;
+        out.push(Parsed {
+            device: device.clone(),
+            to: Some(address),
+            group: None,
+            body: body.clone(),
+            lane,
+            send_at: req.send_at,
+        });
+    }
+    Ok(out)
+}
+
+/// `POST /v1/messages/bulk`: queues messages; answers 202 with one job id per message
+/// once every job is durable.
+#[utoipa::path(post, path = "/v1/messages/bulk", tag = "jobs", request_body = BulkRequest,
+    responses((status = 202, body = BulkAccepted),
+              (status = 400, body = protocol::error::ErrorBody, description = "names the offending index"),
+              (status = 403, body = protocol::error::ErrorBody, description = "a device of another tenant")))]
+#[post("/v1/messages/bulk")]
+pub async fn bulk_send(
+    tenant: TenantAuth,
+    state: web::Data<AppState>,
+    body: web::Json<BulkRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let parsed = parse_bulk(body.into_inner())?;
+    // Each distinct device is checked once: exists, and belongs to the caller.
+    let mut owner: HashMap<&str, usize> = HashMap::new();
+    for (i, p) in parsed.iter().enumerate() {
+        owner.entry(p.device.as_str()).or_insert(i);
+    }
+    for (device_id, first) in owner {
+        let device = state.env.store.get_device(device_id).await?;
+        match device {
+            None => {
+                return Err(ApiError::not_found(format!(
+                    "messages[{first}].device: no device {device_id}"
+                )))
+            }
+            Some(d) if d.tenant_id != tenant.0 => {
+                return Err(ApiError::new(
+                    ErrorCode::Forbidden,
+                    format!("messages[{first}].device: {device_id} belongs to another tenant"),
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    let now = now_ms();
+    let jobs: Vec<JobRecord> = parsed
+        .into_iter()
+        .map(|p| {
+            new_job(
+                &state,
+                JobKind::Message,
+                &tenant.0,
+                &p.device,
+                p.lane,
+                p.to,
+                p.group,
+                p.body,
+                p.send_at,
+                now,
+            )
+        })
+        .collect();
+    let job_ids: Vec<String> = jobs.iter().map(|j| j.id.clone()).collect();
+    state.env.store.insert_jobs(jobs).await?;
+    state.env.dispatcher.wake();
+    Ok(HttpResponse::Accepted().json(BulkAccepted { job_ids }))
+}
+
+/// Loads a job of the caller's tenant: 404 if missing, 403 if another tenant's.
+async fn owned_job(state: &AppState, tenant: &TenantAuth, id: &str) -> Result<JobRecord, ApiError> {
+    let job = state
+        .env
+        .store
+        .get_job(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no job {id}")))?;
+    if job.tenant_id != tenant.0 {
+        return Err(ApiError::new(
+            ErrorCode::Forbidden,
+            "this job belongs to another tenant",
+        ));
+    }
+    Ok(job)
+}
+
+/// `GET /v1/jobs/{id}`: a job's state, attempts, and its `message_id` or `error`.
+#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs",
+    params(("id" = String, Path, description = "job id")),
+    responses((status = 200, body = JobView), (status = 403, body = protocol::error::ErrorBody),
+              (status = 404, body = protocol::error::ErrorBody)))]
+#[get("/v1/jobs/{id}")]
+pub async fn get_job(
+    tenant: TenantAuth,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let job = owned_job(&state, &tenant, &id).await?;
+    Ok(HttpResponse::Ok().json(JobView::from(job)))
+}
+
+/// `DELETE /v1/jobs/{id}`: cancels a job not yet sent (`waiting` or `delayed`); 409
+/// otherwise.
+#[utoipa::path(delete, path = "/v1/jobs/{id}", tag = "jobs",
+    params(("id" = String, Path, description = "job id")),
+    responses((status = 200, body = JobView), (status = 409, body = protocol::error::ErrorBody)))]
+#[delete("/v1/jobs/{id}")]
+pub async fn cancel_job(
+    tenant: TenantAuth,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let job = owned_job(&state, &tenant, &id).await?;
+    if !state.env.store.cancel_job(&job.id, now_ms()).await? {
+        let now = state.env.store.get_job(&job.id).await?.unwrap_or(job);
+        return Err(ApiError::new(
+            ErrorCode::Conflict,
+            format!(
+                "job is {}; only waiting or delayed jobs can be cancelled",
+                now.state.as_str()
+            ),
+        ));
+    }
+    let job = owned_job(&state, &tenant, &id).await?;
+    Ok(HttpResponse::Ok().json(JobView::from(job)))
+}
+
+/// `POST /v1/jobs/{id}/retry`: puts a failed job back in the queue (attempts reset);
+/// 409 otherwise.
+#[utoipa::path(post, path = "/v1/jobs/{id}/retry", tag = "jobs",
+    params(("id" = String, Path, description = "job id")),
+    responses((status = 200, body = JobView), (status = 409, body = protocol::error::ErrorBody)))]
+#[post("/v1/jobs/{id}/retry")]
+pub async fn retry_job(
+    tenant: TenantAuth,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let job = owned_job(&state, &tenant, &id).await?;
+    let now = now_ms();
+    let r = rank(now, job.lane, state.env.settings.queue_aging);
+    if !state.env.store.retry_job(&job.id, now, r).await? {
+        return Err(ApiError::new(
+            ErrorCode::Conflict,
+            format!(
+                "job is {}; only failed jobs can be retried",
+                job.state.as_str()
+            ),
+        ));
+    }
+    state.env.dispatcher.wake();
+    let job = owned_job(&state, &tenant, &id).await?;
+    Ok(HttpResponse::Ok().json(JobView::from(job)))
+}
+
+/// Stores a contact-sync job for `device` (progress total = the number of contacts)
+/// and wakes the dispatcher; returns the job id.
+pub async fn enqueue_contacts(
+    state: &AppState,
+    device: &actors::store::DeviceRecord,
+    contacts: &[protocol::rest::Contact],
+) -> Result<String, ApiError> {
+    let body = serde_json::to_string(contacts)
+        .map_err(|e| ApiError::new(ErrorCode::Internal, format!("encoding contacts: {e}")))?;
+    let mut job = new_job(
+        state,
+        JobKind::Contacts,
+        &device.tenant_id,
+        &device.id,
+        Priority::Normal,
+        None,
+        None,
+        body,
+        None,
+        now_ms(),
+    );
+    job.progress_total = contacts.len() as u64;
+    let id = job.id.clone();
+    state.env.store.insert_jobs(vec![job]).await?;
+    state.env.dispatcher.wake();
+    Ok(id)
+}

@@ -1,0 +1,196 @@
+//! `GET /metrics`: Prometheus text exposition, rendered by `metrics-exporter-prometheus`
+//! inside an actix handler (no exporter HTTP listener, no push gateway).
+//!
+//! The recorder is process-global (the `metrics` facade has one global recorder):
+//! [`install`] builds it once per process and keeps its handle in a `OnceLock`, so tests
+//! that start several servers in one process share it. Counters and histograms are
+//! updated where things happen (pre-registered handles, see `actors::metrics`), so they
+//! sum over every server of the process. Gauges that are cheap to read but costly to
+//! track (sessions running, writer backlogs, cache sizes) are set at scrape time from
+//! the scraped server's state.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use ::metrics::{counter, describe_counter, describe_gauge, gauge, Counter, Gauge};
+use actix_web::{get, web, HttpResponse};
+use actors::metrics::names as actor_names;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::state::AppState;
+
+/// Families owned by the transport and the scrape.
+pub mod names {
+    /// Open WebSocket connections (gauge).
+    pub const CONNECTIONS: &str = "switchboard_connections";
+    /// WebSocket frames received (counter).
+    pub const WS_FRAMES_IN: &str = "switchboard_ws_frames_in_total";
+    /// WebSocket frames sent (counter).
+    pub const WS_FRAMES_OUT: &str = "switchboard_ws_frames_out_total";
+    /// Running device sessions (gauge).
+    pub const SESSIONS: &str = "switchboard_sessions_running";
+    /// Rows waiting in a writer's batch (gauge, `writer`).
+    pub const WRITER_BACKLOG: &str = "switchboard_persist_backlog_rows";
+    /// Messages in an actor's mailbox (gauge, `actor`).
+    pub const MAILBOX_DEPTH: &str = "switchboard_mailbox_depth";
+}
+
+/// Latency buckets (seconds): 100 µs to 10 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+/// Batch-size buckets (rows).
+const BATCH_BUCKETS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0,
+];
+
+/// Transport instruments, registered right after the recorder is installed.
+#[derive(Debug)]
+pub struct WsMetrics {
+    /// Open WebSocket connections.
+    pub connections: Gauge,
+    /// Frames received.
+    pub frames_in: Counter,
+    /// Frames sent.
+    pub frames_out: Counter,
+}
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+static WS: OnceLock<WsMetrics> = OnceLock::new();
+
+/// Installs the global Prometheus recorder (once per process; later calls return the
+/// same handle). Must run before the actor environment is built, so the actors'
+/// pre-registered handles reach the recorder.
+pub fn install() -> &'static PrometheusHandle {
+    HANDLE.get_or_init(|| {
+        let builder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    Matcher::Full(actor_names::BATCH_SIZE.into()),
+                    BATCH_BUCKETS,
+                )
+            });
+        let recorder = match builder {
+            Ok(b) => b.build_recorder(),
+            // Only on empty bucket lists, which are constants above.
+            Err(e) => {
+                tracing::error!(error = %e, "metrics buckets rejected; histograms become summaries");
+                PrometheusBuilder::new().build_recorder()
+            }
+        };
+        let handle = recorder.handle();
+        if ::metrics::set_global_recorder(recorder).is_err() {
+            tracing::warn!("a metrics recorder was already installed; /metrics shows only ours");
+        }
+        describe();
+        let _ = WS.set(WsMetrics {
+            connections: gauge!(names::CONNECTIONS),
+            frames_in: counter!(names::WS_FRAMES_IN),
+            frames_out: counter!(names::WS_FRAMES_OUT),
+        });
+        // Histogram samples are buffered until drained: drain them even when nobody
+        // scrapes, so memory stays bounded.
+        let upkeep = handle.clone();
+        let spawned = std::thread::Builder::new()
+            .name("metrics-upkeep".into())
+            .spawn(move || loop {
+                std::thread::sleep(Duration::from_secs(5));
+                upkeep.run_upkeep();
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "could not start the metrics upkeep thread");
+        }
+        handle
+    })
+}
+
+/// The transport instruments (no-ops before [`install`]).
+pub fn ws() -> &'static WsMetrics {
+    WS.get_or_init(|| WsMetrics {
+        connections: Gauge::noop(),
+        frames_in: Counter::noop(),
+        frames_out: Counter::noop(),
+    })
+}
+
+fn describe() {
+    actors::metrics::describe();
+    describe_gauge!(names::CONNECTIONS, "Open WebSocket connections.");
+    describe_counter!(
+        names::WS_FRAMES_IN,
+        "WebSocket frames received from clients."
+    );
+    describe_counter!(names::WS_FRAMES_OUT, "WebSocket frames sent to clients.");
+    describe_gauge!(
+        names::SESSIONS,
+        "Device sessions running (set at scrape time)."
+    );
+    describe_gauge!(
+        names::WRITER_BACKLOG,
+        "Rows waiting in a persistence writer's open batch, by writer."
+    );
+    describe_gauge!(
+        names::MAILBOX_DEPTH,
+        "Messages waiting in an actor's mailbox, by actor (persistence writers; sessions' \
+         mailboxes are not counted on the hot path)."
+    );
+}
+
+/// Sets the gauges that are read from the server's state at scrape time.
+fn refresh_gauges(state: &AppState) {
+    let env = &state.env;
+    gauge!(names::SESSIONS).set(env.directory.running_count() as f64);
+    for (slot, stats) in env.persistence.stats.iter().enumerate() {
+        let backlog = stats.backlog.load(std::sync::atomic::Ordering::Relaxed);
+        let mailbox = stats.mailbox.load(std::sync::atomic::Ordering::Relaxed);
+        gauge!(names::WRITER_BACKLOG, "writer" => slot.to_string()).set(backlog as f64);
+        gauge!(names::MAILBOX_DEPTH, "actor" => format!("persistence:writer:{slot}"))
+            .set(mailbox as f64);
+    }
+    // The API-key cache counts inside the `Cache` implementation: mirrored here
+    // (counters only move forward; `absolute` never lowers them).
+    let (hits, misses, size) = state.cache.counters();
+    counter!(actor_names::CACHE_HITS, "kind" => "api_keys", "layer" => "memory").absolute(hits);
+    counter!(actor_names::CACHE_MISSES, "kind" => "api_keys", "layer" => "memory").absolute(misses);
+    gauge!(actor_names::CACHE_ENTRIES, "kind" => "api_keys", "layer" => "memory").set(size as f64);
+    for (kind, s) in [
+        ("addresses", env.directory.address_cache_stats()),
+        ("groups", env.directory.group_cache_stats()),
+    ] {
+        gauge!(actor_names::CACHE_ENTRIES, "kind" => kind, "layer" => "memory").set(s.size as f64);
+    }
+}
+
+/// `GET /metrics`: Prometheus text format (version 0.0.4), every family with HELP and
+/// TYPE. Unauthenticated, like `/health`, so Prometheus can scrape it.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain")))]
+#[get("/metrics")]
+pub async fn prometheus(state: web::Data<AppState>) -> HttpResponse {
+    refresh_gauges(&state);
+    let body = install().render();
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(body)
+}
+
+/// Counts one open WebSocket connection in the connections gauge while it lives.
+#[derive(Debug)]
+pub struct OpenConnection(());
+
+impl OpenConnection {
+    /// Counts a connection that just attached.
+    pub fn open() -> Self {
+        ws().connections.increment(1.0);
+        OpenConnection(())
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        ws().connections.decrement(1.0);
+    }
+}
