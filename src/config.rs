@@ -241,6 +241,7 @@ impl Config {
             global_rate_per_minute: self.global_rate_per_minute,
             pair_rate_per_minute: self.pair_rate_per_minute,
             queue_concurrency: self.queue_message_concurrency.unwrap_or(512).max(1) as usize,
+            queue_contact_concurrency: self.queue_contact_concurrency.unwrap_or(2).max(1) as usize,
             queue_attempts: self.queue_default_attempts.unwrap_or(3).max(1),
             queue_aging: std::time::Duration::from_millis(self.queue_aging_ms.max(1)),
         }

@@ -216,7 +216,10 @@ mod tests {
         assert!(!h.is_stuck(Duration::ZERO, 10), "nothing waits yet");
         h.push(Arc::from("b"));
         assert!(h.is_stuck(Duration::ZERO, 10), "waiting and stalled");
-        assert!(!h.is_stuck(Duration::from_secs(60), 10), "the writer wrote recently");
+        assert!(
+            !h.is_stuck(Duration::from_secs(60), 10),
+            "the writer wrote recently"
+        );
         for _ in 0..10 {
             h.push(Arc::from("c"));
         }

@@ -14,7 +14,8 @@
 //! - **Idempotent resend.** The job id is the send's client request id: a job that was
 //!   `active` when the process died goes back to `waiting` on start and its resend is
 //!   answered from the device session's idempotency window.
-//! - At most `queue_concurrency` sends are in flight.
+//! - At most `queue_concurrency` jobs are in flight, of which at most
+//!   `queue_contact_concurrency` contact syncs.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -51,8 +52,8 @@ pub enum DispatcherMsg {
     Wake,
     /// Periodic poll for delayed jobs that came due.
     Tick,
-    /// A job's outcome.
-    Done(JobUpdate, Option<Blocked>),
+    /// A job's outcome (and whether it was a contact sync).
+    Done(JobUpdate, Option<Blocked>, bool),
     /// Write buffered outcomes.
     Flush,
 }
@@ -75,6 +76,7 @@ struct Pacing {
 pub struct DispatcherState {
     env: Arc<Env>,
     inflight: usize,
+    contacts_inflight: usize,
     updates: Vec<JobUpdate>,
     flush_scheduled: bool,
     maybe_waiting: bool,
@@ -134,6 +136,7 @@ impl Actor for Dispatcher {
         myself: ActorRef<DispatcherMsg>,
         env: Arc<Env>,
     ) -> Result<DispatcherState, ActorProcessingErr> {
+        process_started();
         let requeued = env.store.requeue_active_jobs().await?;
         if requeued > 0 {
             tracing::info!(requeued, "dispatcher: active jobs back in the queue");
@@ -144,6 +147,7 @@ impl Actor for Dispatcher {
         Ok(DispatcherState {
             env,
             inflight: 0,
+            contacts_inflight: 0,
             updates: Vec::new(),
             flush_scheduled: false,
             maybe_waiting: true,
@@ -175,8 +179,11 @@ impl Actor for Dispatcher {
                 state.poll(&myself).await?;
             }
             DispatcherMsg::Tick => state.poll(&myself).await?,
-            DispatcherMsg::Done(update, blocked) => {
+            DispatcherMsg::Done(update, blocked, contacts) => {
                 state.inflight = state.inflight.saturating_sub(1);
+                if contacts {
+                    state.contacts_inflight = state.contacts_inflight.saturating_sub(1);
+                }
                 let update = match blocked {
                     Some(b) => state.pace(b, update),
                     None => update,
@@ -258,6 +265,19 @@ impl DispatcherState {
         let jobs = self.env.store.claim_jobs(now, limit).await?;
         self.maybe_waiting = jobs.len() == limit;
         for job in jobs {
+            let contacts = job.kind == JobKind::Contacts;
+            if contacts {
+                if self.contacts_inflight >= self.env.settings.queue_contact_concurrency {
+                    // QUEUE_CONTACT_CONCURRENCY syncs at once: this one waits its turn.
+                    self.updates.push(JobUpdate::Delayed {
+                        id: job.id.clone(),
+                        not_before: now + 250,
+                        attempts: job.attempts,
+                    });
+                    continue;
+                }
+                self.contacts_inflight += 1;
+            }
             self.inflight += 1;
             let env = self.env.clone();
             let me = myself.clone();
@@ -266,8 +286,12 @@ impl DispatcherState {
                     JobKind::Message => send_job(&env, &job).await,
                     JobKind::Contacts => (sync_contacts(&env, &job).await, None),
                 };
-                let _ = me.cast(DispatcherMsg::Done(update, blocked));
+                let _ = me.cast(DispatcherMsg::Done(update, blocked, contacts));
             });
+        }
+        if !self.updates.is_empty() && !self.flush_scheduled {
+            self.flush_scheduled = true;
+            myself.send_after(FLUSH_LINGER, || DispatcherMsg::Flush);
         }
         Ok(())
     }
@@ -310,28 +334,51 @@ async fn send_job(env: &Env, job: &JobRecord) -> (JobUpdate, Option<Blocked>) {
     };
     // A job touched before (requeued after a crash, retried, delayed) may already have
     // been sent: its stored copy answers for it, however far back the send was.
+    let mut client_id = job.id.clone();
     if job.updated_at != job.created_at || job.attempts > 0 {
-        match env.store.job_send(&job.device_id, &job.id).await {
-            Ok(Some(sent)) => {
-                return (
-                    JobUpdate::Completed {
-                        id: job.id.clone(),
-                        message_id: Some(sent.message_id),
-                        attempts: job.attempts.max(1),
-                    },
-                    None,
-                )
-            }
-            Ok(None) => {}
+        let sends = match env.store.job_sends(&job.device_id, &job.id).await {
+            Ok(s) => s,
             Err(e) => {
                 let error = format!("unavailable: {e}");
                 return (transient(env, job, attempts, error), None);
             }
+        };
+        let mut live: Option<&str> = None;
+        for sent in &sends {
+            if sent.ts >= process_started() {
+                // Written by this process: the session that wrote it still tracks it
+                // (and redelivers a lost recipient row), so if it is not complete yet a
+                // resend under the same id gets its true answer.
+                live = Some(&sent.client_id);
+            }
+            match delivered(env, job, &sent.message_id).await {
+                Ok(true) => {
+                    let update = JobUpdate::Completed {
+                        id: job.id.clone(),
+                        message_id: Some(sent.message_id.clone()),
+                        attempts: job.attempts.max(1),
+                    };
+                    return (update, None);
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    let error = format!("unavailable: {e}");
+                    return (transient(env, job, attempts, error), None);
+                }
+            }
+        }
+        if let Some(id) = live {
+            client_id = id.to_owned();
+        } else if !sends.is_empty() {
+            // Stored for the sender but not for the recipient: the process died between
+            // the two commits, and the send was never acked. Send it again under a new
+            // request id (the old one would be answered from the half-written copy).
+            client_id = format!("{}.{}", job.id, sends.len());
         }
     }
     let (tx, rx) = oneshot::channel();
     let req = SendRequest {
-        client_id: Some(job.id.clone()),
+        client_id: Some(client_id),
         target,
         body: Arc::from(job.body.as_str()),
         priority: job.lane,
@@ -395,6 +442,39 @@ async fn send_job(env: &Env, job: &JobRecord) -> (JobUpdate, Option<Blocked>) {
             },
             None,
         ),
+    }
+}
+
+/// When this process started its first dispatcher (Unix ms). A job's stored copy older
+/// than that was written by a process that died; one newer is still tracked here.
+fn process_started() -> i64 {
+    static STARTED: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *STARTED.get_or_init(now_ms)
+}
+
+/// Whether the recipient's row of a 1:1 job's message is stored. Group sends are taken
+/// as delivered once the sender's copy is (their members are not checked one by one).
+async fn delivered(
+    env: &Env,
+    job: &JobRecord,
+    message_id: &str,
+) -> Result<bool, crate::store::StoreError> {
+    let Some(to) = &job.target_to else {
+        return Ok(true);
+    };
+    let Some(device) = env.store.get_device(&job.device_id).await? else {
+        return Ok(true);
+    };
+    if device.address == *to {
+        return Ok(true);
+    }
+    match env.directory.resolve(&job.tenant_id, to).await? {
+        Some(recipient) => Ok(env
+            .store
+            .inbox_entry(&recipient, message_id)
+            .await?
+            .is_some()),
+        None => Ok(true),
     }
 }
 

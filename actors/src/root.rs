@@ -165,8 +165,7 @@ impl Actor for Root {
             // was stopped (`POST /admin/queues/restart`). Jobs are in the store.
             *state.restarts.entry("dispatcher".into()).or_default() += 1;
             let (d, _) =
-                Actor::spawn_linked(None, Dispatcher, state.env.clone(), myself.get_cell())
-                    .await?;
+                Actor::spawn_linked(None, Dispatcher, state.env.clone(), myself.get_cell()).await?;
             state.dispatcher = Some(d.get_id());
             return Ok(());
         }

@@ -29,6 +29,8 @@ pub struct Settings {
     pub pair_rate_per_minute: u32,
     /// Queued sends in flight at once.
     pub queue_concurrency: usize,
+    /// Contact-sync jobs running at once (within `queue_concurrency`).
+    pub queue_contact_concurrency: usize,
     /// Attempts per queued job before a transient error fails it.
     pub queue_attempts: u32,
     /// Queue aging: a job counts as one lane higher for every this long it has waited.
@@ -50,6 +52,7 @@ impl Default for Settings {
             global_rate_per_minute: 12_000_000,
             pair_rate_per_minute: 0,
             queue_concurrency: 512,
+            queue_contact_concurrency: 2,
             queue_attempts: 3,
             queue_aging: Duration::from_secs(10),
         }

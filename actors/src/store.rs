@@ -195,8 +195,8 @@ pub trait Store: Send + Sync + 'static {
     async fn retry_job(&self, id: &str, now: i64, rank: i64) -> StoreResult<bool>;
     /// Job counts by tenant, lane and state.
     async fn queue_counts(&self) -> StoreResult<Vec<QueueCount>>;
-    /// The sender's stored copy of a queued send (client request id = `job_id`), if it
-    /// was committed: lets the dispatcher complete a job sent before a crash without
-    /// sending it again, however long ago that was.
-    async fn job_send(&self, device_id: &str, job_id: &str) -> StoreResult<Option<AcceptedSend>>;
+    /// The sender's stored copies of a queued job's sends (client request id `job_id`,
+    /// or `job_id.N` for a resend), oldest first: lets the dispatcher complete a job
+    /// sent before a crash without sending it again, however long ago that was.
+    async fn job_sends(&self, device_id: &str, job_id: &str) -> StoreResult<Vec<AcceptedSend>>;
 }

@@ -831,7 +831,7 @@ impl Store for SqliteStore {
         self.jobs_counts().await
     }
 
-    async fn job_send(&self, device_id: &str, job_id: &str) -> StoreResult<Option<AcceptedSend>> {
+    async fn job_sends(&self, device_id: &str, job_id: &str) -> StoreResult<Vec<AcceptedSend>> {
         self.jobs_sent(device_id, job_id).await
     }
 }

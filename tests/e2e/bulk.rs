@@ -584,3 +584,62 @@ async fn lanes_are_served_highest_first() {
         .collect();
     assert_eq!(order, expected);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aging_lets_an_old_low_job_pass_newer_critical_ones() {
+    // One send at a time, a backlog of critical jobs, and aging of 50 ms per lane: a low
+    // job counts as critical once it has been due 150 ms.
+    let server = TestServer::start_with(|c| {
+        c.queue_message_concurrency = Some(1);
+        c.queue_aging_ms = 50;
+        c.rate_limit_critical = 1_000_000;
+    })
+    .await;
+    let tenant = server.tenant().await;
+    let a = tenant.device().await;
+    let b = tenant.device().await;
+    let batch = |tag: &str, n: usize| -> Value {
+        let messages: Vec<Value> = (0..n)
+            .map(|i| json!({"device": a.id, "to": b.address, "body": {"tag": tag, "i": i}, "priority": "critical"}))
+            .collect();
+        json!({ "messages": messages })
+    };
+    let (s, _) = bulk(&tenant, batch("first", 400)).await;
+    assert_eq!(s, 202);
+    let (s, low) = bulk(
+        &tenant,
+        json!({"messages": [{"device": a.id, "to": b.address, "body": {"tag": "low"}, "priority": "low"}]}),
+    )
+    .await;
+    assert_eq!(s, 202);
+    let low_id = job_ids(&low).remove(0);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (s, second) = bulk(&tenant, batch("second", 50)).await;
+    assert_eq!(s, 202);
+    let low_state = job(&tenant, &low_id).await["state"].clone();
+    assert_eq!(
+        low_state, "waiting",
+        "the backlog drained too early to test aging"
+    );
+    let second_ids = job_ids(&second);
+    wait_jobs(&tenant, &second_ids[49..], Duration::from_secs(60), |v| {
+        v[0]["state"] == "completed"
+    })
+    .await;
+    let order: Vec<String> = inbox(&tenant, &b)
+        .await
+        .iter()
+        .map(|m| m["body"]["tag"].as_str().unwrap().to_owned())
+        .collect();
+    let low_at = order.iter().position(|t| t == "low").expect("low sent");
+    let first_second = order
+        .iter()
+        .position(|t| t == "second")
+        .expect("second sent");
+    let last_first = order.iter().rposition(|t| t == "first").unwrap();
+    assert!(last_first < low_at, "older critical jobs still go first");
+    assert!(
+        low_at < first_second,
+        "the aged low job went after newer critical ones (at {low_at}, second batch from {first_second})"
+    );
+}

@@ -207,6 +207,19 @@ async fn queue_stats_and_restart() {
     assert_eq!(stats["lanes"]["critical"]["completed"], 0, "{stats}");
     assert_eq!(stats["tenants"][&tenant.id]["completed"], 5, "{stats}");
     assert_eq!(stats["dispatcher_running"], true);
+    let (_, doc) = server.call("GET", "/openapi.json", None, None).await;
+    for path in [
+        "/v1/messages/bulk",
+        "/v1/jobs/{id}",
+        "/v1/jobs/{id}/retry",
+        "/admin/queues/stats",
+        "/admin/queues/restart",
+    ] {
+        assert!(
+            doc["paths"][path].is_object(),
+            "{path} missing from OpenAPI"
+        );
+    }
 
     // Restart the dispatcher: jobs keep flowing, none lost.
     let (s, _) = server
@@ -584,4 +597,39 @@ async fn sender_session_crash_is_retried_not_failed() {
         }
     }
     eprintln!("sampled jobs that needed a second attempt: {retried}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contact_syncs_take_turns() {
+    let server = TestServer::start_with(|c| c.queue_contact_concurrency = Some(1)).await;
+    let tenant = server.tenant().await;
+    let mut ids = Vec::new();
+    let mut devices = Vec::new();
+    for d in 0..3 {
+        let device = tenant.device().await;
+        let contacts: Vec<Value> = (0..2000)
+            .map(|i| json!({"address": format!("+1777{d}{i:06}")}))
+            .collect();
+        let (s, body) = tenant
+            .call(
+                "PUT",
+                &format!("/v1/devices/{}/contacts?async=true", device.id),
+                Some(json!({ "contacts": contacts })),
+            )
+            .await;
+        assert_eq!(s, 202, "{body}");
+        ids.push(body["job_id"].as_str().unwrap().to_owned());
+        devices.push(device);
+    }
+    let views = wait_jobs(&tenant, &ids, Duration::from_secs(20), |v| {
+        count(v, "completed") == 3
+    })
+    .await;
+    assert_eq!(count(&views, "completed"), 3, "{views:?}");
+    for d in &devices {
+        let (_, list) = tenant
+            .call("GET", &format!("/v1/devices/{}/contacts", d.id), None)
+            .await;
+        assert_eq!(list["contacts"].as_array().unwrap().len(), 2000);
+    }
 }

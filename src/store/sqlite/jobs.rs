@@ -294,25 +294,28 @@ impl SqliteStore {
         &self,
         device_id: &str,
         job_id: &str,
-    ) -> StoreResult<Option<AcceptedSend>> {
+    ) -> StoreResult<Vec<AcceptedSend>> {
         let device_id = device_id.to_owned();
-        let job_id = job_id.to_owned();
+        // `job_id` and `job_id.N` sort in [job_id, job_id + "/"): '.' < '/'.
+        let low = job_id.to_owned();
+        let high = format!("{job_id}/");
         self.read(move |conn| {
             // The GLOB term repeats the partial index's condition so SQLite may use it.
             conn.prepare_cached(
                 "SELECT client_id, message_id, seq, ts FROM inbox INDEXED BY inbox_job_send \
-                 WHERE client_id = ?2 AND client_id GLOB 'j_*' AND device_id = ?1 LIMIT 1",
+                 WHERE client_id GLOB 'j_*' AND client_id >= ?2 AND client_id < ?3 \
+                 AND device_id = ?1 ORDER BY seq",
             )
             .and_then(|mut st| {
-                st.query_row(params![device_id, job_id], |r| {
+                st.query_map(params![device_id, low, high], |r| {
                     Ok(AcceptedSend {
                         client_id: r.get(0)?,
                         message_id: r.get(1)?,
                         seq: r.get(2)?,
                         ts: r.get(3)?,
                     })
-                })
-                .optional()
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()
             })
             .map_err(unavailable)
         })
