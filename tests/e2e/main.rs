@@ -11,6 +11,7 @@ mod isolation;
 mod jobs;
 mod ops;
 mod process;
+mod recovery;
 mod resilience;
 mod rest;
 mod smoke;

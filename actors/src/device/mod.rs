@@ -193,11 +193,16 @@ pub enum DeviceMsg {
 enum Recent {
     Pending(u64),
     Done(MessageAccepted),
+    /// Found in the store at start: the sender's copy is durable, but whether every
+    /// recipient's row is was not known when the previous incarnation stopped.
+    Recovered(MessageAccepted),
 }
 
 struct PendingSend {
     /// When the session received the send (ack latency).
     received: Instant,
+    /// Completing a recovered send: on failure it stays recovered.
+    recovered: bool,
     client_id: Option<String>,
     answer: MessageAccepted,
     responders: Vec<Responder>,
@@ -295,7 +300,7 @@ impl Actor for DeviceSession {
                 seq: r.seq,
                 ts: r.ts,
             };
-            state.remember(r.client_id, Recent::Done(answer));
+            state.remember(r.client_id, Recent::Recovered(answer));
         }
         let period = (env.settings.session_idle / 2).max(std::time::Duration::from_millis(200));
         myself.send_interval(period, || DeviceMsg::IdleCheck);
@@ -479,7 +484,7 @@ impl DeviceState {
             self.recent_order.push_back(client_id);
             while self.recent_order.len() > self.env.settings.idempotency_window {
                 if let Some(old) = self.recent_order.pop_front() {
-                    if matches!(self.recent.get(&old), Some(Recent::Done(_))) {
+                    if !matches!(self.recent.get(&old), Some(Recent::Pending(_))) {
                         self.recent.remove(&old);
                     } else {
                         // Still in flight: keep it, it is answered soon.
@@ -585,6 +590,12 @@ impl DeviceState {
                         return;
                     }
                 }
+                Some(Recent::Recovered(answer)) => {
+                    let answer = answer.clone();
+                    self.complete_recovered(myself, id.clone(), answer, responder)
+                        .await;
+                    return;
+                }
                 None => {}
             }
         }
@@ -643,6 +654,7 @@ impl DeviceState {
             key,
             PendingSend {
                 received,
+                recovered: false,
                 client_id: client_id.clone(),
                 answer,
                 responders: vec![responder],
@@ -730,6 +742,84 @@ impl DeviceState {
         Ok(())
     }
 
+    /// A resend of a request id found in the store at start. The previous incarnation
+    /// may have stopped (crash, kill) after the sender's copy was durable but before
+    /// every recipient's row was: deliver the same message, same id, to each recipient
+    /// whose inbox lacks it, then answer with the original ack. Nothing is duplicated.
+    async fn complete_recovered(
+        &mut self,
+        myself: &ActorRef<DeviceMsg>,
+        client_id: String,
+        answer: MessageAccepted,
+        responder: Responder,
+    ) {
+        let unavailable =
+            |e: crate::store::StoreError| SendError::new(ErrorCode::Unavailable, e.to_string());
+        let store = self.env.store.clone();
+        let own = match store.inbox_entry(&self.device.id, &answer.message_id).await {
+            Ok(own) => own,
+            Err(e) => return self.respond(responder, Some(&client_id), Err(unavailable(e))),
+        };
+        let target = own.as_ref().and_then(|own| match (&own.to, &own.group) {
+            (Some(to), _) => Some(Target::To(to.to_string())),
+            (None, Some(group)) => Some(Target::Group(group.to_string())),
+            (None, None) => None,
+        });
+        // A target that no longer resolves (device or group gone) has nothing to complete.
+        let recipients = match &target {
+            Some(t) => routing::recipients(&self.env, &self.device, t)
+                .await
+                .unwrap_or_default(),
+            None => Vec::new(),
+        };
+        let mut missing = Vec::new();
+        for device_id in recipients {
+            match store.inbox_entry(&device_id, &answer.message_id).await {
+                Ok(Some(_)) => {}
+                Ok(None) => missing.push(device_id),
+                Err(e) => return self.respond(responder, Some(&client_id), Err(unavailable(e))),
+            }
+        }
+        let own = match own {
+            Some(own) if !missing.is_empty() => own,
+            _ => {
+                self.recent
+                    .insert(client_id.clone(), Recent::Done(answer.clone()));
+                return self.respond(responder, Some(&client_id), Ok(answer));
+            }
+        };
+        tracing::info!(device_id = %self.device.id, message_id = %answer.message_id, recipients = missing.len(), "completing a send interrupted by a restart");
+        let outgoing = Arc::new(Outgoing {
+            message_id: own.message_id.clone(),
+            ts: own.ts,
+            from: own.from.clone(),
+            to: own.to.clone(),
+            group: own.group.clone(),
+            body: own.body.clone(),
+        });
+        let key = self.next_key;
+        self.next_key += 1;
+        self.pending.insert(
+            key,
+            PendingSend {
+                received: Instant::now(),
+                recovered: true,
+                client_id: Some(client_id.clone()),
+                answer,
+                responders: vec![responder],
+            },
+        );
+        self.recent.insert(client_id, Recent::Pending(key));
+        let tracker = SendTracker::new(missing.len(), myself.clone(), key);
+        for device_id in missing {
+            let guard = RowGuard::for_recipient(&tracker, &self.env, &device_id, &outgoing);
+            let msg = DeviceMsg::Deliver(outgoing.clone(), guard);
+            if let Err(e) = self.env.directory.deliver(&device_id, msg).await {
+                tracing::warn!(%device_id, error = %e, "could not route message");
+            }
+        }
+    }
+
     fn finish_send(&mut self, key: u64, ok: bool) {
         let Some(p) = self.pending.remove(&key) else {
             return;
@@ -753,6 +843,9 @@ impl DeviceState {
             if ok {
                 self.recent
                     .insert(id.clone(), Recent::Done(p.answer.clone()));
+            } else if p.recovered {
+                self.recent
+                    .insert(id.clone(), Recent::Recovered(p.answer.clone()));
             } else {
                 self.recent.remove(id);
             }
