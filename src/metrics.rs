@@ -6,7 +6,7 @@
 //! that start several servers in one process share it. Counters and histograms are
 //! updated where things happen (pre-registered handles, see `actors::metrics`), so they
 //! sum over every server of the process. Gauges that are cheap to read but costly to
-//! track (sessions running, writer backlogs, cache sizes) are set at scrape time from
+//! track (sessions running, writer backlogs, cache sizes, queue lane depths) are set at scrape time from
 //! the scraped server's state.
 
 use std::sync::OnceLock;
@@ -33,6 +33,12 @@ pub mod names {
     pub const WRITER_BACKLOG: &str = "switchboard_persist_backlog_rows";
     /// Messages in an actor's mailbox (gauge, `actor`).
     pub const MAILBOX_DEPTH: &str = "switchboard_mailbox_depth";
+    /// Queued jobs (waiting + delayed) per dispatcher lane (gauge, `lane`).
+    pub const QUEUE_DEPTH: &str = "switchboard_queue_depth";
+    /// Jobs in flight per dispatcher lane (gauge, `lane`).
+    pub const QUEUE_ACTIVE: &str = "switchboard_queue_active";
+    /// Whether a dispatcher lane is paused, 1 or 0 (gauge, `lane`).
+    pub const QUEUE_PAUSED: &str = "switchboard_queue_paused";
 }
 
 /// Latency buckets (seconds): 100 µs to 10 s.
@@ -137,6 +143,38 @@ fn describe() {
         "Messages waiting in an actor's mailbox, by actor (persistence writers; sessions' \
          mailboxes are not counted on the hot path)."
     );
+    describe_gauge!(
+        names::QUEUE_DEPTH,
+        "Queued jobs (waiting + delayed) per dispatcher lane (set at scrape time)."
+    );
+    describe_gauge!(
+        names::QUEUE_ACTIVE,
+        "Jobs in flight per dispatcher lane (set at scrape time)."
+    );
+    describe_gauge!(
+        names::QUEUE_PAUSED,
+        "1 when an operator paused the dispatcher lane, else 0."
+    );
+}
+
+/// Sets the dispatcher lane gauges: depth from one grouped COUNT over a partial index,
+/// in-flight and paused from the dispatcher's counters.
+async fn refresh_queue_gauges(state: &AppState) {
+    let depths = match state.env.store.lane_depths().await {
+        Ok(d) => Some(d),
+        Err(e) => {
+            tracing::warn!(error = %e, "queue depths unavailable for /metrics");
+            None
+        }
+    };
+    for l in state.env.dispatcher.lanes() {
+        let lane = crate::http::queues::lane_name(l.lane);
+        if let Some(d) = depths {
+            gauge!(names::QUEUE_DEPTH, "lane" => lane).set(d[l.lane.index()] as f64);
+        }
+        gauge!(names::QUEUE_ACTIVE, "lane" => lane).set(l.active as f64);
+        gauge!(names::QUEUE_PAUSED, "lane" => lane).set(if l.paused { 1.0 } else { 0.0 });
+    }
 }
 
 /// Sets the gauges that are read from the server's state at scrape time.
@@ -171,6 +209,7 @@ fn refresh_gauges(state: &AppState) {
 #[get("/metrics")]
 pub async fn prometheus(state: web::Data<AppState>) -> HttpResponse {
     refresh_gauges(&state);
+    refresh_queue_gauges(&state).await;
     let body = install().render();
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")

@@ -16,8 +16,13 @@
 //!   answered from the device session's idempotency window.
 //! - At most `queue_concurrency` jobs are in flight, of which at most
 //!   `queue_contact_concurrency` contact syncs.
+//! - **Lanes can be paused** by an operator: the claim skips a paused lane's jobs (they
+//!   stay `waiting`). The paused set, the per-lane in-flight counts and the completion
+//!   rates live in the [`DispatcherHandle`] (in the `Env`), not in the actor's state, so
+//!   a paused lane stays paused across a dispatcher restart.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -42,6 +47,8 @@ const FLUSH_LINGER: Duration = Duration::from_millis(5);
 const TICK: Duration = Duration::from_millis(100);
 /// Contacts per transaction in a contact-sync job.
 pub const CONTACT_BATCH: usize = 10_000;
+/// Whole seconds of completions a lane's rate is averaged over.
+pub const RATE_WINDOW_SECS: usize = 5;
 
 /// The dispatcher actor.
 pub struct Dispatcher;
@@ -52,8 +59,8 @@ pub enum DispatcherMsg {
     Wake,
     /// Periodic poll for delayed jobs that came due.
     Tick,
-    /// A job's outcome (and whether it was a contact sync).
-    Done(JobUpdate, Option<Blocked>, bool),
+    /// A job's outcome, whether it was a contact sync, and its lane.
+    Done(JobUpdate, Option<Blocked>, bool, Priority),
     /// Write buffered outcomes.
     Flush,
 }
@@ -83,13 +90,34 @@ pub struct DispatcherState {
     pacing: HashMap<(String, Priority), Pacing>,
 }
 
-/// Where the running dispatcher is, for waking it and restarting it.
+/// Where the running dispatcher is, for waking it and restarting it, plus what outlives
+/// one dispatcher incarnation: the paused lanes and the per-lane live counters.
 #[derive(Default)]
-pub struct DispatcherHandle(Mutex<Option<ActorRef<DispatcherMsg>>>);
+pub struct DispatcherHandle {
+    slot: Mutex<Option<ActorRef<DispatcherMsg>>>,
+    paused: [AtomicBool; 4],
+    active: [AtomicU64; 4],
+    /// Completions per whole second (Unix seconds, per lane), newest last.
+    completions: Mutex<VecDeque<(i64, [u64; 4])>>,
+}
+
+/// What the dispatcher knows of one lane right now (depth comes from the store).
+#[derive(Debug, Clone, Copy)]
+pub struct LaneLive {
+    /// The lane.
+    pub lane: Priority,
+    /// Whether the dispatcher skips it when claiming.
+    pub paused: bool,
+    /// Jobs of the lane in flight.
+    pub active: u64,
+    /// Jobs of the lane completed per second, over the last [`RATE_WINDOW_SECS`]
+    /// whole seconds.
+    pub rate: f64,
+}
 
 impl DispatcherHandle {
     fn slot(&self) -> std::sync::MutexGuard<'_, Option<ActorRef<DispatcherMsg>>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        self.slot.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The running dispatcher, if any.
@@ -113,6 +141,89 @@ impl DispatcherHandle {
                 true
             }
             None => false,
+        }
+    }
+
+    /// Stops claiming jobs of `lane` (they stay waiting; jobs in flight finish).
+    /// Returns whether it was running before.
+    pub fn pause(&self, lane: Priority) -> bool {
+        !self.paused[lane.index()].swap(true, Ordering::SeqCst)
+    }
+
+    /// Claims jobs of `lane` again. Returns whether it was paused before.
+    pub fn resume(&self, lane: Priority) -> bool {
+        let was = self.paused[lane.index()].swap(false, Ordering::SeqCst);
+        self.wake();
+        was
+    }
+
+    /// Whether `lane` is paused.
+    pub fn is_paused(&self, lane: Priority) -> bool {
+        self.paused[lane.index()].load(Ordering::SeqCst)
+    }
+
+    fn paused_lanes(&self) -> Vec<Priority> {
+        Priority::ALL
+            .into_iter()
+            .filter(|p| self.is_paused(*p))
+            .collect()
+    }
+
+    /// Paused flag, in-flight count and completion rate of every lane, critical first.
+    pub fn lanes(&self) -> [LaneLive; 4] {
+        let now = now_ms().div_euclid(1000);
+        let mut done = [0u64; 4];
+        {
+            let ring = self.completions.lock().unwrap_or_else(|p| p.into_inner());
+            let from = now - RATE_WINDOW_SECS as i64;
+            for (_, counts) in ring.iter().filter(|(s, _)| *s >= from && *s < now) {
+                for (d, c) in done.iter_mut().zip(counts) {
+                    *d += c;
+                }
+            }
+        }
+        Priority::ALL.map(|lane| LaneLive {
+            lane,
+            paused: self.is_paused(lane),
+            active: self.active[lane.index()].load(Ordering::Relaxed),
+            rate: done[lane.index()] as f64 / RATE_WINDOW_SECS as f64,
+        })
+    }
+
+    fn claimed(&self, lane: Priority) {
+        self.active[lane.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn finished(&self, lane: Priority, completed: bool) {
+        let _ = self.active[lane.index()].fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+            Some(n.saturating_sub(1))
+        });
+        if !completed {
+            return;
+        }
+        let now = now_ms().div_euclid(1000);
+        let mut ring = self.completions.lock().unwrap_or_else(|p| p.into_inner());
+        match ring.back_mut() {
+            Some((sec, counts)) if *sec == now => counts[lane.index()] += 1,
+            _ => {
+                let mut counts = [0u64; 4];
+                counts[lane.index()] = 1;
+                ring.push_back((now, counts));
+            }
+        }
+        while ring
+            .front()
+            .is_some_and(|(sec, _)| *sec < now - RATE_WINDOW_SECS as i64)
+        {
+            ring.pop_front();
+        }
+    }
+
+    /// A new incarnation starts with nothing in flight (the old one's jobs were
+    /// requeued).
+    fn reset_active(&self) {
+        for a in &self.active {
+            a.store(0, Ordering::Relaxed);
         }
     }
 }
@@ -141,6 +252,7 @@ impl Actor for Dispatcher {
         if requeued > 0 {
             tracing::info!(requeued, "dispatcher: active jobs back in the queue");
         }
+        env.dispatcher.reset_active();
         *env.dispatcher.slot() = Some(myself.clone());
         myself.send_interval(TICK, || DispatcherMsg::Tick);
         let _ = myself.cast(DispatcherMsg::Wake);
@@ -179,8 +291,12 @@ impl Actor for Dispatcher {
                 state.poll(&myself).await?;
             }
             DispatcherMsg::Tick => state.poll(&myself).await?,
-            DispatcherMsg::Done(update, blocked, contacts) => {
+            DispatcherMsg::Done(update, blocked, contacts, lane) => {
                 state.inflight = state.inflight.saturating_sub(1);
+                state
+                    .env
+                    .dispatcher
+                    .finished(lane, matches!(update, JobUpdate::Completed { .. }));
                 if contacts {
                     state.contacts_inflight = state.contacts_inflight.saturating_sub(1);
                 }
@@ -261,8 +377,18 @@ impl DispatcherState {
         if !self.maybe_waiting || free == 0 {
             return Ok(());
         }
+        let paused = self.env.dispatcher.paused_lanes();
+        if paused.len() == Priority::ALL.len() {
+            // Every lane paused: nothing to claim until one resumes (which wakes us).
+            self.maybe_waiting = false;
+            return Ok(());
+        }
         let limit = free.min(CLAIM_BATCH);
-        let jobs = self.env.store.claim_jobs(now, limit).await?;
+        let jobs = self
+            .env
+            .store
+            .claim_jobs_except(now, limit, &paused)
+            .await?;
         self.maybe_waiting = jobs.len() == limit;
         for job in jobs {
             let contacts = job.kind == JobKind::Contacts;
@@ -279,6 +405,8 @@ impl DispatcherState {
                 self.contacts_inflight += 1;
             }
             self.inflight += 1;
+            let lane = job.lane;
+            self.env.dispatcher.claimed(lane);
             let env = self.env.clone();
             let me = myself.clone();
             tokio::spawn(async move {
@@ -286,7 +414,7 @@ impl DispatcherState {
                     JobKind::Message => send_job(&env, &job).await,
                     JobKind::Contacts => (sync_contacts(&env, &job).await, None),
                 };
-                let _ = me.cast(DispatcherMsg::Done(update, blocked, contacts));
+                let _ = me.cast(DispatcherMsg::Done(update, blocked, contacts, lane));
             });
         }
         if !self.updates.is_empty() && !self.flush_scheduled {

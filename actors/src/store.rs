@@ -184,6 +184,14 @@ pub trait Store: Send + Sync + 'static {
     async fn promote_due_jobs(&self, now: i64) -> StoreResult<u64>;
     /// Claims up to `limit` `waiting` jobs, lowest rank first, moving them to `active`.
     async fn claim_jobs(&self, now: i64, limit: usize) -> StoreResult<Vec<JobRecord>>;
+    /// [`Store::claim_jobs`], skipping the jobs of the `paused` lanes (they stay
+    /// `waiting`).
+    async fn claim_jobs_except(
+        &self,
+        now: i64,
+        limit: usize,
+        paused: &[protocol::Priority],
+    ) -> StoreResult<Vec<JobRecord>>;
     /// Applies outcomes of active jobs in one transaction (jobs no longer active are
     /// left alone).
     async fn finish_jobs(&self, updates: Vec<JobUpdate>, now: i64) -> StoreResult<()>;
@@ -195,6 +203,9 @@ pub trait Store: Send + Sync + 'static {
     async fn retry_job(&self, id: &str, now: i64, rank: i64) -> StoreResult<bool>;
     /// Job counts by tenant, lane and state.
     async fn queue_counts(&self) -> StoreResult<Vec<QueueCount>>;
+    /// Queue depth of every lane (critical first): its `waiting` plus `delayed` jobs.
+    /// Cheap enough to run every second.
+    async fn lane_depths(&self) -> StoreResult<[u64; 4]>;
     /// The sender's stored copies of a queued job's sends (client request id `job_id`,
     /// or `job_id.N` for a resend), oldest first: lets the dispatcher complete a job
     /// sent before a crash without sending it again, however long ago that was.

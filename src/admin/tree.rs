@@ -32,6 +32,7 @@ use ractor::ActorRef;
 use serde::{Deserialize, Serialize};
 
 use crate::error::ApiError;
+use crate::http::queues::{dispatcher_node, DispatcherNode};
 use crate::state::AppState;
 
 /// Rows per device page unless `limit` says otherwise.
@@ -71,9 +72,11 @@ pub struct Tree {
     pub tenants: Vec<TenantNode>,
     /// One page of running device sessions.
     pub devices: DevicePage,
-    /// The queue dispatcher and its lanes, once the dispatcher runs (issue 3).
+    /// The queue dispatcher (a child of root) and its lanes: depth, in flight, rate,
+    /// paused. Built by [`crate::http::queues::dispatcher_node`], as in
+    /// `/admin/queues/stats`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub dispatcher: Option<serde_json::Value>,
+    pub dispatcher: Option<DispatcherNode>,
 }
 
 /// The root supervisor.
@@ -340,7 +343,10 @@ pub async fn build(state: &AppState, query: &TreeQuery) -> Result<Tree, ApiError
         .collect();
     totals.writer_backlog = writers.iter().map(|w| w.backlog).sum();
 
-    let devices = device_page(&children, query).await;
+    let (devices, dispatcher) = tokio::join!(
+        device_page(&children, query),
+        dispatcher_node(state, restarts.get("dispatcher").copied().unwrap_or(0)),
+    );
 
     Ok(Tree {
         generated_at: actors::clock::now_ms(),
@@ -356,9 +362,7 @@ pub async fn build(state: &AppState, query: &TreeQuery) -> Result<Tree, ApiError
         writers,
         tenants,
         devices,
-        // Issue 3 (queue dispatcher): fill with `{"lanes": …}` once the dispatcher
-        // runs; the page renders this section only when the field is present.
-        dispatcher: None,
+        dispatcher: Some(dispatcher?),
     })
 }
 

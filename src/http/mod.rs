@@ -36,6 +36,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(jobs::retry_job)
         .service(queues::queue_stats)
         .service(queues::restart_queues)
+        .service(queues::pause_lane)
+        .service(queues::resume_lane)
         .service(ops::health)
         .service(admin_ops::cache_stats)
         .service(admin_ops::db_stats)

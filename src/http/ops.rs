@@ -36,6 +36,8 @@ use crate::state::AppState;
         super::jobs::retry_job,
         super::queues::queue_stats,
         super::queues::restart_queues,
+        super::queues::pause_lane,
+        super::queues::resume_lane,
         health,
         super::admin_ops::cache_stats,
         super::admin_ops::db_stats,

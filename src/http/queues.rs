@@ -1,4 +1,6 @@
-//! Queue operations: `GET /admin/queues/stats`, `POST /admin/queues/restart`.
+//! Queue operations: `GET /admin/queues/stats`, `POST /admin/queues/restart`,
+//! `POST /admin/queues/lanes/{lane}/pause|resume`, and the dispatcher node that both
+//! the stats and the `/admin/tree` snapshot show (one builder, so they agree).
 
 use std::collections::BTreeMap;
 
@@ -66,9 +68,71 @@ pub struct QueueStats {
     pub dispatcher_restarts: u32,
     /// Sends in flight at most (`QUEUE_MESSAGE_CONCURRENCY`).
     pub concurrency: usize,
+    /// The dispatcher and its lanes, as `/admin/tree` shows them.
+    pub dispatcher: DispatcherNode,
 }
 
-fn lane_name(p: Priority) -> &'static str {
+/// The queue dispatcher as a supervised actor (child of root), with its lanes.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct DispatcherNode {
+    /// Name as the root's restart counts use it.
+    pub name: &'static str,
+    /// ractor actor id of the running incarnation.
+    pub actor_id: Option<String>,
+    /// Whether a dispatcher is running now.
+    pub running: bool,
+    /// Times root restarted it (failures and `POST /admin/queues/restart`).
+    pub restarts: u32,
+    /// Jobs in flight at most.
+    pub concurrency: usize,
+    /// Every lane, critical first.
+    pub lanes: Vec<LaneNode>,
+}
+
+/// One lane of the dispatcher.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct LaneNode {
+    /// `critical`, `high`, `normal` or `low`.
+    pub lane: &'static str,
+    /// Jobs queued in the lane: `waiting` plus `delayed`.
+    pub depth: u64,
+    /// Jobs of the lane in flight.
+    pub active: u64,
+    /// Jobs of the lane completed per second, averaged over the last few seconds.
+    pub rate: f64,
+    /// Whether the dispatcher skips the lane (`POST /admin/queues/lanes/{lane}/pause`).
+    pub paused: bool,
+}
+
+/// Builds the dispatcher node: lane depths from one grouped COUNT over a partial
+/// index, the rest from counters the dispatcher keeps. `restarts` is root's count.
+pub async fn dispatcher_node(state: &AppState, restarts: u32) -> Result<DispatcherNode, ApiError> {
+    let depths = state.env.store.lane_depths().await?;
+    let handle = &state.env.dispatcher;
+    let current = handle.current();
+    let lanes = handle
+        .lanes()
+        .into_iter()
+        .map(|l| LaneNode {
+            lane: lane_name(l.lane),
+            depth: depths[l.lane.index()],
+            active: l.active,
+            rate: (l.rate * 100.0).round() / 100.0,
+            paused: l.paused,
+        })
+        .collect();
+    Ok(DispatcherNode {
+        name: "dispatcher",
+        actor_id: current.as_ref().map(|d| d.get_id().to_string()),
+        running: current.is_some(),
+        restarts,
+        concurrency: state.env.settings.queue_concurrency,
+        lanes,
+    })
+}
+
+/// The wire name of a lane.
+pub fn lane_name(p: Priority) -> &'static str {
     match p {
         Priority::Critical => "critical",
         Priority::High => "high",
@@ -110,13 +174,15 @@ pub async fn queue_stats(
         .ok()
         .and_then(|r| r.get("dispatcher").copied())
         .unwrap_or(0);
+    let dispatcher = dispatcher_node(&state, restarts).await?;
     Ok(HttpResponse::Ok().json(QueueStats {
         total,
         lanes,
         tenants,
-        dispatcher_running: state.env.dispatcher.current().is_some(),
+        dispatcher_running: dispatcher.running,
         dispatcher_restarts: restarts,
         concurrency: state.env.settings.queue_concurrency,
+        dispatcher,
     }))
 }
 
@@ -141,5 +207,70 @@ pub async fn restart_queues(
     Ok(HttpResponse::Ok().json(serde_json::json!({
         "restarted": restarted,
         "running": state.env.dispatcher.current().is_some(),
+    })))
+}
+
+fn parse_lane(name: &str) -> Result<Priority, ApiError> {
+    Priority::parse(name).ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "unknown lane {name:?}: expected critical, high, normal or low"
+        ))
+    })
+}
+
+/// `POST /admin/queues/lanes/{lane}/pause`: the dispatcher stops claiming the lane's
+/// jobs; they stay waiting (none fails), jobs already in flight finish. The paused
+/// state outlives a dispatcher restart (not a process restart).
+#[utoipa::path(post, path = "/admin/queues/lanes/{lane}/pause", tag = "admin",
+    params(("lane" = String, Path, description = "critical, high, normal or low")),
+    responses((status = 200, description = "`{\"lane\",\"paused\":true,\"changed\":bool}`"),
+              (status = 400, body = protocol::error::ErrorBody),
+              (status = 401, body = protocol::error::ErrorBody)))]
+#[post("/admin/queues/lanes/{lane}/pause")]
+pub async fn pause_lane(
+    _: AdminAuth,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let lane = parse_lane(&path)?;
+    let changed = state.env.dispatcher.pause(lane);
+    tracing::info!(
+        action = "pause",
+        lane = lane_name(lane),
+        changed,
+        "admin action: queue lane paused"
+    );
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "lane": lane_name(lane),
+        "paused": true,
+        "changed": changed,
+    })))
+}
+
+/// `POST /admin/queues/lanes/{lane}/resume`: the dispatcher claims the lane's jobs
+/// again.
+#[utoipa::path(post, path = "/admin/queues/lanes/{lane}/resume", tag = "admin",
+    params(("lane" = String, Path, description = "critical, high, normal or low")),
+    responses((status = 200, description = "`{\"lane\",\"paused\":false,\"changed\":bool}`"),
+              (status = 400, body = protocol::error::ErrorBody),
+              (status = 401, body = protocol::error::ErrorBody)))]
+#[post("/admin/queues/lanes/{lane}/resume")]
+pub async fn resume_lane(
+    _: AdminAuth,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let lane = parse_lane(&path)?;
+    let changed = state.env.dispatcher.resume(lane);
+    tracing::info!(
+        action = "resume",
+        lane = lane_name(lane),
+        changed,
+        "admin action: queue lane resumed"
+    );
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "lane": lane_name(lane),
+        "paused": false,
+        "changed": changed,
     })))
 }

@@ -808,7 +808,16 @@ impl Store for SqliteStore {
     }
 
     async fn claim_jobs(&self, now: i64, limit: usize) -> StoreResult<Vec<JobRecord>> {
-        self.jobs_claim(now, limit).await
+        self.jobs_claim(now, limit, Vec::new()).await
+    }
+
+    async fn claim_jobs_except(
+        &self,
+        now: i64,
+        limit: usize,
+        paused: &[protocol::Priority],
+    ) -> StoreResult<Vec<JobRecord>> {
+        self.jobs_claim(now, limit, paused.to_vec()).await
     }
 
     async fn finish_jobs(&self, updates: Vec<JobUpdate>, now: i64) -> StoreResult<()> {
@@ -829,6 +838,10 @@ impl Store for SqliteStore {
 
     async fn queue_counts(&self) -> StoreResult<Vec<QueueCount>> {
         self.jobs_counts().await
+    }
+
+    async fn lane_depths(&self) -> StoreResult<[u64; 4]> {
+        self.jobs_lane_depths().await
     }
 
     async fn job_sends(&self, device_id: &str, job_id: &str) -> StoreResult<Vec<AcceptedSend>> {

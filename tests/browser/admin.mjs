@@ -7,8 +7,10 @@
 // stdin (the Rust test then connects <device to connect later>), and checks the page
 // shows that device online without a reload. With SAVE_SCREENSHOT=1 it then writes
 // docs/admin.png (or $SCREENSHOT_PATH). Then it searches, and disconnects that device's
-// client through the confirmed action (the Rust side sees 4001). Exits 0 on success,
-// 1 with a message otherwise.
+// client through the confirmed action (the Rust side sees 4001). The queue dispatcher
+// section must show its 4 lanes, the low one paused with 25 jobs queued (the Rust side
+// set that up); the script resumes it through the confirmed action and waits for it to
+// drain. Exits 0 on success, 1 with a message otherwise.
 import { mkdtempSync, rmSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, dirname, resolve } from 'node:path';
@@ -80,6 +82,14 @@ try {
   if (!(await page.evaluate(() => window.__sameDocument === true))) {
     throw new Error('the page reloaded instead of updating live');
   }
+  // The dispatcher and its lanes: low paused, its jobs queued.
+  await page.locator('#dispatcher tr[data-lane="low"] button[data-lane-action="resume"]').waitFor({ timeout: WAIT });
+  const lanes = await page.locator('#dispatcher tr[data-lane]').evaluateAll(
+    (rows) => rows.map((r) => r.dataset.lane));
+  if (lanes.join(',') !== 'critical,high,normal,low') throw new Error('dispatcher lanes: ' + lanes);
+  await page.waitForFunction(
+    () => document.querySelector('#dispatcher tr[data-lane="low"] td[data-col="depth"]')?.textContent === '25',
+    null, { timeout: WAIT });
   if (process.env.SAVE_SCREENSHOT === '1') {
     const out = process.env.SCREENSHOT_PATH || resolve(here, '../../docs/admin.png');
     await page.mouse.move(0, 0);
@@ -101,6 +111,14 @@ try {
   const row = page.locator(`tr[data-device-id="${laterDevice}"]`);
   await row.locator('button[data-action="disconnect"]').click();
   await page.locator(`tr[data-device-id="${laterDevice}"][data-online="false"]`).waitFor({ timeout: WAIT });
+
+  // Resume the paused lane, confirmed: its jobs drain.
+  page.once('dialog', (d) => d.accept());
+  await page.locator('#dispatcher tr[data-lane="low"] button[data-lane-action="resume"]').click();
+  await page.locator('#dispatcher tr[data-lane="low"] button[data-lane-action="pause"]').waitFor({ timeout: WAIT });
+  await page.waitForFunction(
+    () => document.querySelector('#dispatcher tr[data-lane="low"] td[data-col="depth"]')?.textContent === '0',
+    null, { timeout: WAIT });
   console.log('OK');
 } catch (err) {
   failed = true;

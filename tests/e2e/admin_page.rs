@@ -86,6 +86,30 @@ async fn admin_page_shows_the_live_tree_in_chromium() {
             .await;
         assert_eq!(ack["type"], "ack", "{ack}");
     }
+    // The queue: the low lane paused with 25 jobs waiting in it (the page resumes it),
+    // and a normal bulk that drains.
+    let (s, body) = server
+        .call(
+            "POST",
+            "/admin/queues/lanes/low/pause",
+            Some(&server.admin_token),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    for (lane, n) in [("low", 25), ("normal", 20)] {
+        let messages: Vec<_> = (0..n)
+            .map(|i| json!({"device": second.id, "to": first.address, "body": {"i": i}, "priority": lane}))
+            .collect();
+        let (s, body) = acme
+            .call(
+                "POST",
+                "/v1/messages/bulk",
+                Some(json!({ "messages": messages })),
+            )
+            .await;
+        assert_eq!(s, 202, "{body}");
+    }
     // Globex: one device online.
     let g = globex.device().await;
     let _g1 = globex.connect(&g).await;

@@ -514,3 +514,247 @@ async fn events_token_is_never_logged() {
         "the admin token was logged: {logged}"
     );
 }
+
+// ---- the queue dispatcher and its lanes ----
+
+/// The dispatcher node of the tree.
+async fn dispatcher(server: &TestServer) -> Value {
+    let t = tree(server, "?limit=0").await;
+    t["dispatcher"].clone()
+}
+
+fn lane<'a>(dispatcher: &'a Value, name: &str) -> &'a Value {
+    dispatcher["lanes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["lane"] == name)
+        .unwrap_or_else(|| panic!("lane {name} not in {dispatcher}"))
+}
+
+/// Polls the dispatcher node until `pred` holds, up to `WAIT`; returns it.
+async fn wait_dispatcher(server: &TestServer, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let d = dispatcher(server).await;
+        if pred(&d) {
+            return d;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "dispatcher never matched: {d}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `switchboard_queue_depth{lane="…"}` from one `/metrics` scrape.
+async fn metric_depth(server: &TestServer, lane: &str) -> Option<f64> {
+    let text = server
+        .http
+        .get(format!("{}/metrics", server.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("# TYPE switchboard_queue_depth gauge"),
+        "{text}"
+    );
+    assert!(text.contains("# HELP switchboard_queue_depth "), "{text}");
+    let prefix = format!("switchboard_queue_depth{{lane=\"{lane}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .map(|v| v.trim().parse().unwrap())
+}
+
+fn bulk_of(from: &str, to: &str, lane: &str, n: usize) -> Value {
+    let messages: Vec<Value> = (0..n)
+        .map(
+            |i| json!({"device": from, "to": to, "body": {"lane": lane, "i": i}, "priority": lane}),
+        )
+        .collect();
+    json!({ "messages": messages })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tree_shows_the_dispatcher_lanes_with_their_depths() {
+    use crate::bulk::{bulk, count, job_ids, wait_jobs};
+    // One send a minute in the high and low lanes: the rest of each bulk waits.
+    let server = TestServer::start_with(|c| {
+        c.rate_limit_low = 1;
+        c.rate_limit_high = 1;
+    })
+    .await;
+    let d = dispatcher(&server).await;
+    assert_eq!(d["name"], "dispatcher", "{d}");
+    assert_eq!(d["running"], true, "{d}");
+    assert_eq!(d["restarts"], 0, "{d}");
+    let names: Vec<&str> = d["lanes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["lane"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["critical", "high", "normal", "low"]);
+    for l in d["lanes"].as_array().unwrap() {
+        assert_eq!(l["depth"], 0, "{l}");
+        assert_eq!(l["active"], 0, "{l}");
+        assert_eq!(l["paused"], false, "{l}");
+        assert!(l["rate"].is_number(), "{l}");
+    }
+
+    let tenant = server.tenant().await;
+    let a = tenant.device().await;
+    let b = tenant.device().await;
+    let (s, low) = bulk(&tenant, bulk_of(&a.id, &b.address, "low", 5)).await;
+    assert_eq!(s, 202, "{low}");
+    let (s, high) = bulk(&tenant, bulk_of(&a.id, &b.address, "high", 3)).await;
+    assert_eq!(s, 202, "{high}");
+    let mut ids = job_ids(&low);
+    ids.extend(job_ids(&high));
+    // One of each lane goes out; the others are put back to wait for the budget.
+    let views = wait_jobs(&tenant, &ids, WAIT, |v| {
+        count(v, "completed") == 2 && count(v, "delayed") + count(v, "waiting") == 6
+    })
+    .await;
+    assert_eq!(count(&views, "completed"), 2, "{views:?}");
+    assert_eq!(count(&views, "failed"), 0, "{views:?}");
+
+    let d = wait_dispatcher(&server, |d| {
+        lane(d, "low")["depth"] == 4 && lane(d, "high")["depth"] == 2
+    })
+    .await;
+    assert_eq!(lane(&d, "critical")["depth"], 0, "{d}");
+    assert_eq!(lane(&d, "normal")["depth"], 0, "{d}");
+    assert_eq!(lane(&d, "low")["active"], 0, "{d}");
+    assert_eq!(lane(&d, "low")["paused"], false, "{d}");
+
+    // /admin/queues/stats agrees with the tree.
+    let (status, stats) = server
+        .call(
+            "GET",
+            "/admin/queues/stats",
+            Some(&server.admin_token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{stats}");
+    for name in ["critical", "high", "normal", "low"] {
+        let s = &stats["lanes"][name];
+        let queued = s["waiting"].as_u64().unwrap() + s["delayed"].as_u64().unwrap();
+        assert_eq!(
+            queued,
+            lane(&d, name)["depth"].as_u64().unwrap(),
+            "{name}: {stats}"
+        );
+        assert_eq!(
+            lane(&stats["dispatcher"], name)["depth"],
+            lane(&d, name)["depth"],
+            "{stats}"
+        );
+    }
+    assert_eq!(stats["dispatcher"]["restarts"], d["restarts"]);
+
+    // And so does /metrics.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let got = metric_depth(&server, "low").await;
+        if got == Some(4.0) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "switchboard_queue_depth{{lane=\"low\"}} is {got:?}, want 4"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(metric_depth(&server, "high").await, Some(2.0));
+    assert_eq!(metric_depth(&server, "critical").await, Some(0.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paused_lane_keeps_its_jobs_waiting_until_resumed() {
+    use crate::bulk::{bulk, count, job_ids, wait_jobs};
+    let server = TestServer::start().await;
+    let tenant = server.tenant().await;
+    let admin = Some(server.admin_token.as_str());
+
+    // Auth and lane names.
+    for action in ["pause", "resume"] {
+        let path = format!("/admin/queues/lanes/low/{action}");
+        let (status, body) = server.call("POST", &path, None, None).await;
+        assert_eq!(status, 401, "{path}: {body}");
+        let (status, _) = server.call("POST", &path, Some(&tenant.key), None).await;
+        assert_eq!(status, 401, "{path}");
+        let path = format!("/admin/queues/lanes/urgent/{action}");
+        let (status, body) = server.call("POST", &path, admin, None).await;
+        assert_eq!(status, 400, "{path}: {body}");
+        assert_eq!(body["error"]["code"], "bad_request", "{body}");
+    }
+    assert_eq!(lane(&dispatcher(&server).await, "low")["paused"], false);
+
+    let (status, body) = server
+        .call("POST", "/admin/queues/lanes/low/pause", admin, None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["paused"], true);
+    assert_eq!(body["changed"], true);
+    let d = dispatcher(&server).await;
+    assert_eq!(lane(&d, "low")["paused"], true, "{d}");
+    assert_eq!(lane(&d, "normal")["paused"], false, "{d}");
+
+    let a = tenant.device().await;
+    let b = tenant.device().await;
+    let (s, low) = bulk(&tenant, bulk_of(&a.id, &b.address, "low", 5)).await;
+    assert_eq!(s, 202, "{low}");
+    let (s, normal) = bulk(&tenant, bulk_of(&a.id, &b.address, "normal", 5)).await;
+    assert_eq!(s, 202, "{normal}");
+    let low_ids = job_ids(&low);
+    let normal_ids = job_ids(&normal);
+
+    // The other lane drains; the paused one does not move.
+    let views = wait_jobs(&tenant, &normal_ids, WAIT, |v| count(v, "completed") == 5).await;
+    assert_eq!(count(&views, "completed"), 5, "{views:?}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let views = wait_jobs(&tenant, &low_ids, Duration::ZERO, |_| true).await;
+    assert_eq!(count(&views, "waiting"), 5, "{views:?}");
+    let d = dispatcher(&server).await;
+    assert_eq!(lane(&d, "low")["depth"], 5, "{d}");
+    assert_eq!(lane(&d, "low")["active"], 0, "{d}");
+    assert_eq!(lane(&d, "normal")["depth"], 0, "{d}");
+
+    // The paused state survives a dispatcher restart.
+    let (status, body) = server
+        .call("POST", "/admin/queues/restart", admin, None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let d = wait_dispatcher(&server, |d| d["restarts"] == 1 && d["running"] == true).await;
+    assert_eq!(lane(&d, "low")["paused"], true, "{d}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let views = wait_jobs(&tenant, &low_ids, Duration::ZERO, |_| true).await;
+    assert_eq!(count(&views, "waiting"), 5, "{views:?}");
+    assert_eq!(count(&views, "failed"), 0, "{views:?}");
+    assert_eq!(count(&views, "completed"), 0, "{views:?}");
+
+    // Resume: they go out.
+    let (status, body) = server
+        .call("POST", "/admin/queues/lanes/low/resume", admin, None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["paused"], false);
+    assert_eq!(body["changed"], true);
+    let views = wait_jobs(&tenant, &low_ids, WAIT, |v| count(v, "completed") == 5).await;
+    assert_eq!(count(&views, "completed"), 5, "{views:?}");
+    let d = wait_dispatcher(&server, |d| lane(d, "low")["rate"].as_f64().unwrap() > 0.0).await;
+    assert_eq!(lane(&d, "low")["paused"], false, "{d}");
+    assert_eq!(lane(&d, "low")["depth"], 0, "{d}");
+    // Resuming a running lane changes nothing.
+    let (status, body) = server
+        .call("POST", "/admin/queues/lanes/low/resume", admin, None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["changed"], false);
+}

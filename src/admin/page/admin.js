@@ -189,7 +189,7 @@ function renderRoot(tree) {
     <span class="kv">reply <b>${micros(r.reply_us)}</b></span>
     <span class="kv">child restarts <b>${n(restarts)}</b></span>
     <span class="kv">children <b>${n(tree.totals.tenant_supervisors)}</b> ${plural(tree.totals.tenant_supervisors, 'tenant supervisor')} ·
-      <b>${n(tree.writers.length)}</b> ${plural(tree.writers.length, 'writer')}</span>`;
+      <b>${n(tree.writers.length)}</b> ${plural(tree.writers.length, 'writer')}${tree.dispatcher ? ' · <b>1</b> dispatcher' : ''}</span>`;
 }
 
 function renderTenants(tree) {
@@ -281,23 +281,31 @@ function renderWriters(tree) {
     <th class="num">Backlog</th><th class="num">Restarts</th></tr></thead><tbody>${rows}</tbody></table>`;
 }
 
-// Queue dispatcher lanes (issue 3). Rendered from whatever fields the server sends;
-// nothing is shown until /admin/tree carries a `dispatcher` object.
+// Queue dispatcher (a child of root) and its lanes: depth (waiting + delayed), jobs in
+// flight, completion rate, paused flag, with pause/resume per lane.
 function renderDispatcher(tree) {
   const section = $('dispatcher');
   const d = tree.dispatcher;
   if (!d) { section.hidden = true; return; }
   section.hidden = false;
-  // `lanes` may be a list of lane objects or an object keyed by lane name.
-  const lanes = Array.isArray(d.lanes) ? d.lanes
-    : d.lanes && typeof d.lanes === 'object'
-      ? Object.entries(d.lanes).map(([lane, v]) => ({ lane, ...(typeof v === 'object' ? v : { value: v }) }))
-      : [];
-  const cols = [...new Set(lanes.flatMap((l) => Object.keys(l)))];
-  const cell = (v) => (typeof v === 'object' ? esc(JSON.stringify(v)) : esc(v));
-  $('dispatcher-body').innerHTML = lanes.length ? `<table><thead><tr>${cols.map((c) => `<th>${esc(c)}</th>`).join('')}</tr></thead>
-    <tbody>${lanes.map((l) => `<tr>${cols.map((c) => `<td>${cell(l[c])}</td>`).join('')}</tr>`).join('')}</tbody></table>`
-    : '<div class="empty">No lanes.</div>';
+  $('dispatcher-head').innerHTML = `
+    <span class="node-name">dispatcher</span>
+    <span class="pill ${d.running ? 'pill-ok' : 'pill-warn'}">${d.running ? 'Running' : 'Restarting'}</span>
+    <span class="kv">actor <b class="mono">${esc(d.actor_id ?? '–')}</b></span>
+    <span class="kv">in flight <b>${n(d.lanes.reduce((a, l) => a + l.active, 0))}</b> / ${n(d.concurrency)}</span>
+    <span class="kv">restarts <b>${n(d.restarts)}</b></span>`;
+  const rows = d.lanes.map((l) => `<tr data-lane="${esc(l.lane)}">
+    <td><span class="lane-name">${esc(l.lane)}</span></td>
+    <td>${l.paused ? '<span class="pill pill-warn">Paused</span>' : '<span class="pill pill-ok">Running</span>'}</td>
+    <td class="num" data-col="depth">${n(l.depth)}</td>
+    <td class="num" data-col="active">${n(l.active)}</td>
+    <td class="num" data-col="rate">${l.rate.toFixed(l.rate < 10 ? 1 : 0)}/s</td>
+    <td><div class="actions">${l.paused
+      ? `<button class="btn btn-sm" data-lane-action="resume" data-lane="${esc(l.lane)}">Resume</button>`
+      : `<button class="btn btn-sm btn-danger" data-lane-action="pause" data-lane="${esc(l.lane)}">Pause</button>`}</div></td></tr>`).join('');
+  $('dispatcher-body').innerHTML = `<table><thead><tr><th>Lane</th><th>State</th>
+    <th class="num">Depth</th><th class="num">In flight</th><th class="num">Rate</th><th></th></tr></thead>
+    <tbody>${rows}</tbody></table>`;
 }
 
 // ---- actions -----------------------------------------------------------------
@@ -329,8 +337,30 @@ async function act(action, deviceId, label) {
   }
 }
 
+async function laneAction(action, lane) {
+  const question = action === 'pause'
+    ? `Pause the ${lane} lane?\n\nThe dispatcher stops claiming its jobs; they stay queued until you resume it.`
+    : `Resume the ${lane} lane?`;
+  if (!confirm(question)) return;
+  const res = await fetch(`/admin/queues/lanes/${encodeURIComponent(lane)}/${action}`, {
+    method: 'POST',
+    headers: { Authorization: 'Bearer ' + view.token },
+  });
+  if (res.ok) {
+    toast(action === 'pause' ? `Paused the ${lane} lane` : `Resumed the ${lane} lane`);
+  } else {
+    let msg = 'HTTP ' + res.status;
+    try { msg = (await res.json()).error.message; } catch (_) { /* keep status */ }
+    toast(`${action} failed: ${msg}`, true);
+  }
+}
+
 function onClick(ev) {
   const btn = ev.target.closest('button');
+  if (btn && btn.dataset.laneAction) {
+    laneAction(btn.dataset.laneAction, btn.dataset.lane);
+    return;
+  }
   if (btn && btn.dataset.action) {
     act(btn.dataset.action, btn.dataset.device, btn.dataset.label);
     return;

@@ -3,14 +3,17 @@
 //! Claiming is index-driven: the partial index `jobs_waiting (rank)` serves "the best
 //! waiting jobs" and `jobs_delayed (not_before)` serves "delayed jobs whose time came",
 //! so the dispatcher spends two indexed queries per batch of up to a thousand jobs,
-//! never a scan. Both are partial (only waiting, only delayed rows), so active and
-//! finished jobs cost no index upkeep. Every outcome update is guarded by `state = 'active'`, so a cancelled or
+//! never a scan. Lane depths (`/admin/tree`, `/metrics`, every second) are one grouped
+//! COUNT over the covering partial index `jobs_pending_lane (lane, state)`. All three
+//! are partial (only waiting or delayed rows), so active and finished jobs cost no index
+//! upkeep. Every outcome update is guarded by `state = 'active'`, so a cancelled or
 //! requeued job is never overwritten by a stale worker.
 
 use actors::jobs::{
     lane_from_index, lane_index, JobKind, JobRecord, JobState, JobUpdate, QueueCount,
 };
 use actors::store::{AcceptedSend, StoreResult};
+use protocol::Priority;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::{limit_i64, unavailable, SqliteStore};
@@ -40,6 +43,7 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_waiting ON jobs (rank) WHERE state = 'waiting';
 CREATE INDEX IF NOT EXISTS jobs_delayed ON jobs (not_before) WHERE state = 'delayed';
+CREATE INDEX IF NOT EXISTS jobs_pending_lane ON jobs (lane, state) WHERE state IN ('waiting', 'delayed');
 CREATE INDEX IF NOT EXISTS inbox_job_send ON inbox (client_id) WHERE client_id GLOB 'j_*';
 ";
 
@@ -118,13 +122,26 @@ fn insert_jobs(conn: &mut Connection, jobs: &[JobRecord]) -> StoreResult<()> {
     tx.commit().map_err(unavailable)
 }
 
-fn claim(conn: &mut Connection, now: i64, limit: usize) -> StoreResult<Vec<JobRecord>> {
+fn claim(
+    conn: &mut Connection,
+    now: i64,
+    limit: usize,
+    paused: &[Priority],
+) -> StoreResult<Vec<JobRecord>> {
+    // Lane numbers are integers we format ourselves: no injection, and at most 16
+    // distinct statements for the statement cache.
+    let skip = if paused.is_empty() {
+        String::new()
+    } else {
+        let lanes: Vec<String> = paused.iter().map(|p| lane_index(*p).to_string()).collect();
+        format!(" AND lane NOT IN ({})", lanes.join(","))
+    };
     let tx = conn.transaction().map_err(unavailable)?;
     let jobs = {
         let mut select = tx
             .prepare_cached(&format!(
                 "SELECT {JOB_COLUMNS}, rowid FROM jobs INDEXED BY jobs_waiting \
-                 WHERE state = 'waiting' ORDER BY rank LIMIT ?1"
+                 WHERE state = 'waiting'{skip} ORDER BY rank LIMIT ?1"
             ))
             .map_err(unavailable)?;
         let rows = select
@@ -239,8 +256,14 @@ impl SqliteStore {
         .await
     }
 
-    pub(super) async fn jobs_claim(&self, now: i64, limit: usize) -> StoreResult<Vec<JobRecord>> {
-        self.write(move |conn| claim(conn, now, limit)).await
+    pub(super) async fn jobs_claim(
+        &self,
+        now: i64,
+        limit: usize,
+        paused: Vec<Priority>,
+    ) -> StoreResult<Vec<JobRecord>> {
+        self.write(move |conn| claim(conn, now, limit, &paused))
+            .await
     }
 
     pub(super) async fn jobs_finish(&self, updates: Vec<JobUpdate>, now: i64) -> StoreResult<()> {
@@ -318,6 +341,27 @@ impl SqliteStore {
                 .collect::<rusqlite::Result<Vec<_>>>()
             })
             .map_err(unavailable)
+        })
+        .await
+    }
+
+    pub(super) async fn jobs_lane_depths(&self) -> StoreResult<[u64; 4]> {
+        self.read(|conn| {
+            let mut st = conn
+                .prepare_cached(
+                    "SELECT lane, COUNT(*) FROM jobs INDEXED BY jobs_pending_lane \
+                     WHERE state IN ('waiting', 'delayed') GROUP BY lane",
+                )
+                .map_err(unavailable)?;
+            let rows = st
+                .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
+                .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+                .map_err(unavailable)?;
+            let mut depths = [0u64; 4];
+            for (lane, n) in rows {
+                depths[lane_from_index(lane).index()] += u64::try_from(n).unwrap_or(0);
+            }
+            Ok(depths)
         })
         .await
     }
@@ -417,6 +461,56 @@ mod tests {
         let rest = store.claim_jobs(now, 10).await.unwrap();
         assert_eq!(ids(&rest), ["high-new", "normal-new", "low-new"]);
         assert!(store.claim_jobs(now, 10).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn paused_lanes_are_skipped_and_depths_counted() {
+        let (_dir, store) = open_tmp();
+        let now = 1_000_000;
+        let mut later = job("low-later", Priority::Low, now + 60_000);
+        later.state = JobState::Delayed;
+        store
+            .insert_jobs(vec![
+                job("critical", Priority::Critical, now),
+                job("low-1", Priority::Low, now - 100_000),
+                job("low-2", Priority::Low, now),
+                job("normal", Priority::Normal, now),
+                later,
+            ])
+            .await
+            .unwrap();
+        assert_eq!(store.lane_depths().await.unwrap(), [1, 0, 1, 3]);
+        let got = store
+            .claim_jobs_except(now, 10, &[Priority::Low])
+            .await
+            .unwrap();
+        assert_eq!(ids(&got), ["critical", "normal"]);
+        // Claimed jobs are active, no longer queued.
+        assert_eq!(store.lane_depths().await.unwrap(), [0, 0, 0, 3]);
+        assert!(store
+            .claim_jobs_except(now, 10, &[Priority::Low, Priority::High])
+            .await
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            ids(&store.claim_jobs(now, 10).await.unwrap()),
+            ["low-1", "low-2"]
+        );
+        assert_eq!(store.lane_depths().await.unwrap(), [0, 0, 0, 1]);
+        // The depth query reads the partial index only, never the table.
+        let plan: String = store
+            .read(|conn| {
+                conn.query_row(
+                    "EXPLAIN QUERY PLAN SELECT lane, COUNT(*) FROM jobs INDEXED BY \
+                     jobs_pending_lane WHERE state IN ('waiting', 'delayed') GROUP BY lane",
+                    [],
+                    |r| r.get::<_, String>(3),
+                )
+                .map_err(unavailable)
+            })
+            .await
+            .unwrap();
+        assert!(plan.contains("COVERING INDEX jobs_pending_lane"), "{plan}");
     }
 
     #[tokio::test]
