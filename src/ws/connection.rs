@@ -44,6 +44,21 @@ impl Connection {
         }
     }
 
+    /// This connection's id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The connected device.
+    pub fn device_id(&self) -> &str {
+        &self.device.id
+    }
+
+    /// The device's tenant.
+    pub fn tenant_id(&self) -> &str {
+        &self.device.tenant_id
+    }
+
     /// Attaches to the device session, sends `ready`, then serves frames until closed.
     pub async fn run(self, mut session: Session, stream: actix_ws::MessageStream) {
         let max = self.state.config.max_frame_bytes;
@@ -72,6 +87,7 @@ impl Connection {
             let _ = device_ref.cast(DeviceMsg::Detach(self.id));
             return;
         }
+        tracing::debug!(last_seq, "connected");
         let writer = actix_web::rt::spawn(write_frames(session.clone(), rx, progress));
         let end = self
             .read_frames(&mut session, &mut stream, &device_ref, &tx, &signal)
@@ -79,7 +95,7 @@ impl Connection {
         writer.abort();
         let _ = device_ref.cast(DeviceMsg::Detach(self.id));
         if let End::Close(code, reason) = end {
-            tracing::debug!(device_id = %self.device.id, conn_id = self.id, code, reason, "closing connection");
+            tracing::debug!(code, reason, "closing connection");
             // A slow reader's socket may never drain: bound the close.
             actix_web::rt::spawn(async move {
                 let _ = tokio::time::timeout(
@@ -178,7 +194,7 @@ impl Connection {
                             return End::Close(close::TOO_LARGE, "message too large");
                         }
                         Some(Err(e)) => {
-                            tracing::debug!(conn_id = self.id, error = %e, "protocol error");
+                            tracing::debug!(error = %e, "protocol error");
                             return End::Close(1002, "protocol error");
                         }
                     }

@@ -45,6 +45,16 @@ pub async fn upgrade(
     let (response, session, stream) = actix_ws::handle(&req, body)
         .map_err(|e| ApiError::bad_request(format!("WebSocket upgrade failed: {e}")))?;
     let conn = connection::Connection::new(state.into_inner(), device, claims.exp);
-    actix_web::rt::spawn(conn.run(session, stream));
+    // A child of the request's span, so the connection's logs carry its request id.
+    let span = tracing::info_span!(
+        "ws",
+        conn_id = conn.id(),
+        device_id = %conn.device_id(),
+        tenant_id = %conn.tenant_id(),
+    );
+    actix_web::rt::spawn(tracing::Instrument::instrument(
+        conn.run(session, stream),
+        span,
+    ));
     Ok(response)
 }

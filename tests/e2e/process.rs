@@ -239,3 +239,71 @@ async fn sigterm_drains_and_exits_zero() {
     assert_eq!(inbox.len(), 1);
     assert_eq!(inbox[0]["message_id"], ack["message_id"]);
 }
+
+/// JSON debug logs of the real binary: every request and every WebSocket connection
+/// carries a request id, and no secret (admin token, API key, device token) is logged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_carry_request_ids_and_no_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("stderr.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .arg("serve")
+        .env("SWITCHBOARD_BIND", "127.0.0.1:0")
+        .env("SWITCHBOARD_DATA_DIR", dir.path())
+        .env("SWITCHBOARD_CONFIG_DIR", dir.path().join("no-config"))
+        .env("ADMIN_TOKEN", ADMIN)
+        .env("RUST_LOG", "debug")
+        .env("LOG_FORMAT", "json")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr = tokio::time::timeout(WAIT, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(rest) = line.strip_prefix("Switchboard listening on http://") {
+                return rest.trim().to_owned();
+            }
+        }
+        panic!("server exited before printing its address");
+    })
+    .await
+    .unwrap();
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let server = Child_ {
+        child,
+        base: format!("http://{addr}"),
+        ws_base: format!("ws://{addr}"),
+    };
+    let (tenant, a, b) = setup(&server).await;
+    let token = tenant.token(&a).await;
+    let mut wa = Ws::connect(&server.ws_base, &token).await;
+    let ack = wa
+        .send_to("l1", &b.address, json!({"text": "log me not"}))
+        .await;
+    assert_eq!(ack["type"], "ack");
+    drop(wa);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut child = server.child;
+    child.kill().await.unwrap();
+
+    let logged = std::fs::read_to_string(&log_path).unwrap();
+    for secret in [ADMIN, tenant.key.as_str(), token.as_str()] {
+        assert!(!logged.contains(secret), "a secret was logged: {secret}");
+    }
+    let connected: Vec<Value> = logged
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["message"] == "connected")
+        .collect();
+    assert_eq!(connected.len(), 1, "{logged}");
+    let spans = connected[0]["spans"].to_string();
+    assert!(spans.contains("request_id"), "{}", connected[0]);
+    assert!(spans.contains(&a.id), "{}", connected[0]);
+    let requests = logged
+        .lines()
+        .filter(|l| l.contains("\"request_id\"") && l.contains("/v1/devices"))
+        .count();
+    assert!(requests > 0, "HTTP requests carry a request id");
+}
