@@ -1180,3 +1180,31 @@ async fn health_reports_ready() {
     assert_eq!(health["ready"], true, "{health}");
     assert_eq!(health["checks"]["store"]["ok"], true, "{health}");
 }
+
+/// `/health` turns 503 (not ready) as soon as the server starts draining.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_is_503_while_draining() {
+    let mut server = TestServer::start().await;
+    let http = reqwest::Client::new();
+    let url = format!("{}/health", server.base);
+    assert_eq!(http.get(&url).send().await.unwrap().status(), 200);
+    let running = server.running.take().unwrap();
+    let drain = tokio::spawn(running.shutdown());
+    // The pooled keep-alive connection is still served while the drain runs.
+    let mut saw_503 = None;
+    for _ in 0..200 {
+        match http.get(&url).send().await {
+            Ok(res) if res.status() == 503 => {
+                saw_503 = Some(res.json::<serde_json::Value>().await.unwrap());
+                break;
+            }
+            Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(2)).await,
+            Err(_) => break,
+        }
+    }
+    drain.await.unwrap();
+    let body = saw_503.expect("no 503 while draining");
+    assert_eq!(body["ready"], false, "{body}");
+    assert_eq!(body["shutting_down"], true, "{body}");
+    assert_eq!(body["live"], true, "{body}");
+}
