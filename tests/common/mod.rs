@@ -395,3 +395,57 @@ impl Ws {
         out
     }
 }
+
+/// The server binary (`switchboard serve`) as a child process on port 0.
+pub struct ChildServer {
+    pub child: tokio::process::Child,
+    pub base: String,
+    pub ws_base: String,
+}
+
+impl ChildServer {
+    /// Starts the binary on `data_dir` with `admin_token` and extra environment, and
+    /// waits for it to print its address. Its stderr goes to `stderr`, or nowhere.
+    pub async fn spawn(
+        data_dir: &std::path::Path,
+        admin_token: &str,
+        env: &[(&str, &str)],
+        stderr: Option<std::fs::File>,
+    ) -> ChildServer {
+        use std::process::Stdio;
+        use tokio::io::AsyncBufReadExt;
+
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchboard"));
+        child
+            .arg("serve")
+            .env("SWITCHBOARD_BIND", "127.0.0.1:0")
+            .env("SWITCHBOARD_DATA_DIR", data_dir)
+            .env("SWITCHBOARD_CONFIG_DIR", data_dir.join("no-config"))
+            .env("ADMIN_TOKEN", admin_token)
+            .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(stderr.map_or_else(Stdio::null, Stdio::from))
+            .kill_on_drop(true);
+        let mut child = child.spawn().expect("spawn server binary");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let addr = tokio::time::timeout(WAIT, async {
+            while let Some(line) = lines.next_line().await.expect("read stdout") {
+                if let Some(rest) = line.strip_prefix("Switchboard listening on http://") {
+                    return rest.trim().to_owned();
+                }
+            }
+            panic!("server exited before printing its address");
+        })
+        .await
+        .expect("server did not start in time");
+        // Keep draining stdout so the child never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        ChildServer {
+            child,
+            base: format!("http://{addr}"),
+            ws_base: format!("ws://{addr}"),
+        }
+    }
+}

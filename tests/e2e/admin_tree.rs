@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::common::{TestServer, WAIT};
+use crate::common::{ChildServer, TestServer, WAIT};
 
 /// The tree with a query string, as the admin.
 async fn tree(server: &TestServer, query: &str) -> Value {
@@ -453,38 +453,19 @@ async fn tree_with_ten_thousand_sessions_stays_fast() {
 /// The real binary with debug logs: `?token=` on `/admin/events` never reaches the log.
 #[tokio::test]
 async fn events_token_is_never_logged() {
-    use tokio::io::AsyncBufReadExt;
-
     const TOKEN: &str = "admin-events-log-check-token";
     let dir = tempfile::tempdir().unwrap();
     let log_path = dir.path().join("stderr.log");
     let log = std::fs::File::create(&log_path).unwrap();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
-        .arg("serve")
-        .env("SWITCHBOARD_BIND", "127.0.0.1:0")
-        .env("SWITCHBOARD_DATA_DIR", dir.path())
-        .env("SWITCHBOARD_CONFIG_DIR", dir.path().join("no-config"))
-        .env("ADMIN_TOKEN", TOKEN)
-        .env("RUST_LOG", "debug")
-        .env("LOG_FORMAT", "json")
-        .stdout(std::process::Stdio::piped())
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let addr = tokio::time::timeout(WAIT, async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if let Some(rest) = line.strip_prefix("Switchboard listening on http://") {
-                return rest.trim().to_owned();
-            }
-        }
-        panic!("server exited before printing its address");
-    })
-    .await
-    .expect("server did not start in time");
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-
+    let server = ChildServer::spawn(
+        dir.path(),
+        TOKEN,
+        &[("RUST_LOG", "debug"), ("LOG_FORMAT", "json")],
+        Some(log),
+    )
+    .await;
+    let mut child = server.child;
+    let addr = server.base.trim_start_matches("http://").to_owned();
     let http = reqwest::Client::new();
     let mut res = http
         .get(format!("http://{addr}/admin/events?token={TOKEN}&q=x"))

@@ -3,15 +3,12 @@
 
 use std::collections::HashSet;
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 
 use crate::bulk::{bulk, count, inbox, job, job_ids, now_ms, wait_jobs};
-use crate::common::{address, call, Tenant, TestServer, WAIT};
+use crate::common::{address, call, ChildServer, Tenant, TestServer};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_belong_to_their_tenant() {
@@ -394,44 +391,8 @@ async fn contact_sync_runs_as_a_background_job() {
 
 const ADMIN: &str = "jobs-test-admin-token";
 
-struct Proc {
-    child: Child,
-    base: String,
-    ws_base: String,
-}
-
-async fn spawn_server(data_dir: &Path) -> Proc {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
-        .arg("serve")
-        .env("SWITCHBOARD_BIND", "127.0.0.1:0")
-        .env("SWITCHBOARD_DATA_DIR", data_dir)
-        .env("SWITCHBOARD_CONFIG_DIR", data_dir.join("no-config"))
-        .env("ADMIN_TOKEN", ADMIN)
-        .env("RATE_LIMIT_NORMAL", "1000000")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn server binary");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let addr = tokio::time::timeout(WAIT, async {
-        while let Some(line) = lines.next_line().await.expect("read stdout") {
-            if let Some(rest) = line.strip_prefix("Switchboard listening on http://") {
-                return rest.trim().to_owned();
-            }
-        }
-        panic!("server exited before printing its address");
-    })
-    .await
-    .expect("server did not start in time");
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Proc {
-        child,
-        base: format!("http://{addr}"),
-        ws_base: format!("ws://{addr}"),
-    }
+async fn spawn_server(data_dir: &Path) -> ChildServer {
+    ChildServer::spawn(data_dir, ADMIN, &[("RATE_LIMIT_NORMAL", "1000000")], None).await
 }
 
 async fn stats(http: &reqwest::Client, base: &str) -> Value {

@@ -2,61 +2,20 @@
 
 use std::collections::HashSet;
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 
-use crate::common::{call, Device, Tenant, Ws, WAIT};
+use crate::common::{call, ChildServer, Device, Tenant, Ws, WAIT};
 
 const ADMIN: &str = "process-test-admin-token";
 
-/// A server child process and where it listens.
-struct Child_ {
-    child: Child,
-    base: String,
-    ws_base: String,
+async fn spawn_server(data_dir: &Path) -> ChildServer {
+    ChildServer::spawn(data_dir, ADMIN, &[("RATE_LIMIT_NORMAL", "1000000")], None).await
 }
 
-async fn spawn_server(data_dir: &Path) -> Child_ {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
-        .arg("serve")
-        .env("SWITCHBOARD_BIND", "127.0.0.1:0")
-        .env("SWITCHBOARD_DATA_DIR", data_dir)
-        .env("SWITCHBOARD_CONFIG_DIR", data_dir.join("no-config"))
-        .env("ADMIN_TOKEN", ADMIN)
-        .env("RATE_LIMIT_NORMAL", "1000000")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn server binary");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let addr = tokio::time::timeout(WAIT, async {
-        while let Some(line) = lines.next_line().await.expect("read stdout") {
-            if let Some(rest) = line.strip_prefix("Switchboard listening on http://") {
-                return rest.trim().to_owned();
-            }
-        }
-        panic!("server exited before printing its address");
-    })
-    .await
-    .expect("server did not start in time");
-    // Keep draining stdout so the child never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Child_ {
-        child,
-        base: format!("http://{addr}"),
-        ws_base: format!("ws://{addr}"),
-    }
-}
-
-async fn setup(server: &Child_) -> (Tenant, Device, Device) {
+async fn setup(server: &ChildServer) -> (Tenant, Device, Device) {
     let http = reqwest::Client::new();
     let (status, body) = call(
         &http,
@@ -80,7 +39,7 @@ async fn setup(server: &Child_) -> (Tenant, Device, Device) {
     (tenant, a, b)
 }
 
-fn rebind(tenant: &Tenant, server: &Child_) -> Tenant {
+fn rebind(tenant: &Tenant, server: &ChildServer) -> Tenant {
     Tenant {
         base: server.base.clone(),
         ws_base: server.ws_base.clone(),
@@ -246,36 +205,13 @@ async fn sigterm_drains_and_exits_zero() {
 async fn logs_carry_request_ids_and_no_secrets() {
     let dir = tempfile::tempdir().unwrap();
     let log_path = dir.path().join("stderr.log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
-        .arg("serve")
-        .env("SWITCHBOARD_BIND", "127.0.0.1:0")
-        .env("SWITCHBOARD_DATA_DIR", dir.path())
-        .env("SWITCHBOARD_CONFIG_DIR", dir.path().join("no-config"))
-        .env("ADMIN_TOKEN", ADMIN)
-        .env("RUST_LOG", "debug")
-        .env("LOG_FORMAT", "json")
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log_path).unwrap())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let addr = tokio::time::timeout(WAIT, async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if let Some(rest) = line.strip_prefix("Switchboard listening on http://") {
-                return rest.trim().to_owned();
-            }
-        }
-        panic!("server exited before printing its address");
-    })
-    .await
-    .unwrap();
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    let server = Child_ {
-        child,
-        base: format!("http://{addr}"),
-        ws_base: format!("ws://{addr}"),
-    };
+    let server = ChildServer::spawn(
+        dir.path(),
+        ADMIN,
+        &[("RUST_LOG", "debug"), ("LOG_FORMAT", "json")],
+        Some(std::fs::File::create(&log_path).unwrap()),
+    )
+    .await;
     let (tenant, a, b) = setup(&server).await;
     let token = tenant.token(&a).await;
     let mut wa = Ws::connect(&server.ws_base, &token).await;
