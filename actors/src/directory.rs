@@ -200,9 +200,4 @@ impl Directory {
             size: self.groups.len(),
         }
     }
-
-    /// Ids of every running session.
-    pub fn running_ids(&self) -> Vec<String> {
-        self.sessions.iter().map(|e| e.key().clone()).collect()
-    }
 }

@@ -312,7 +312,8 @@ pub enum MessageTag {
     Message,
 }
 
-/// Frames the server sends, other than `message` (see [`MessageItem`]).
+/// Frames the server sends, other than `message` (see [`MessageRef`]) and the `messages`
+/// page of a `sync` (see [`encode_page`]), which are encoded around their raw bodies.
 #[derive(Debug, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerFrame<'a> {
@@ -364,18 +365,6 @@ pub enum ServerFrame<'a> {
         by: &'a str,
         /// When the server got the receipt.
         ts: i64,
-    },
-    /// A page of inbox messages (answer to `sync`).
-    Messages {
-        /// Echoed request id.
-        #[serde(skip_serializing_if = "Option::is_none")]
-        id: Option<&'a str>,
-        /// Messages in seq order.
-        items: &'a [MessageItem],
-        /// Pass as `after_seq` for the next page.
-        next_after_seq: u64,
-        /// Whether more messages follow.
-        more: bool,
     },
     /// Someone is typing to this device.
     Typing {

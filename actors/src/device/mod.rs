@@ -154,6 +154,18 @@ pub struct SessionInfo {
     pub messages_in: u64,
 }
 
+/// Whose copy a committed inbox row is, which decides who gets it live.
+#[derive(Debug, Clone, Copy)]
+pub enum Audience {
+    /// A received message: every connection gets it (and it counts as delivered).
+    Recipient,
+    /// The sender's own copy: its other connections get it, not the one that sent it.
+    SenderCopy {
+        /// The sending connection (none for a REST send).
+        origin: Option<u64>,
+    },
+}
+
 /// Messages of a device session.
 pub enum DeviceMsg {
     /// A client connected; answers the inbox's last seq.
@@ -164,8 +176,8 @@ pub enum DeviceMsg {
     Send(SendRequest, Responder),
     /// A message for this device's inbox.
     Deliver(Arc<Outgoing>, RowGuard),
-    /// An inbox row is durable: push it live (not to the excluded connection).
-    Committed(Arc<Outgoing>, u64, Option<u64>),
+    /// An inbox row is durable: push it live to the audience's connections.
+    Committed(Arc<Outgoing>, u64, Audience),
     /// Every row of send `key` is durable (true) or one failed (false).
     SendDone(u64, bool),
     /// Push an encoded frame (status, typing) to every connection.
@@ -358,16 +370,21 @@ impl DeviceSession {
                         let ok = result.is_ok();
                         guard.complete(&result);
                         if ok {
-                            let _ = me.cast(DeviceMsg::Committed(outgoing, seq, None));
+                            let _ =
+                                me.cast(DeviceMsg::Committed(outgoing, seq, Audience::Recipient));
                         }
                     }),
                 );
             }
-            DeviceMsg::Committed(outgoing, seq, exclude) => {
+            DeviceMsg::Committed(outgoing, seq, audience) => {
                 if !state.conns.is_empty() {
                     let frame = outgoing.frame(seq);
+                    let (exclude, received) = match audience {
+                        Audience::Recipient => (None, true),
+                        Audience::SenderCopy { origin } => (origin, false),
+                    };
                     let pushed = state.push_all(frame, exclude);
-                    if pushed > 0 && exclude.is_none() {
+                    if pushed > 0 && received {
                         Stats::inc(&state.env.stats.messages_delivered);
                         state.metrics.delivered.increment(1);
                         state
@@ -677,20 +694,30 @@ impl DeviceState {
                     let _ = me.cast(DeviceMsg::Committed(
                         echo,
                         seq,
-                        Some(origin.unwrap_or(u64::MAX)),
+                        Audience::SenderCopy { origin },
                     ));
                 }
             }),
         );
+        self.deliver_rows(&tracker, &outgoing, recipients).await;
+    }
+
+    /// Hands `outgoing` to each recipient's session, each row tracked by `tracker`.
+    async fn deliver_rows(
+        &self,
+        tracker: &Arc<SendTracker>,
+        outgoing: &Arc<Outgoing>,
+        recipients: Vec<String>,
+    ) {
         for device_id in recipients {
-            let guard = RowGuard::for_recipient(&tracker, &self.env, &device_id, &outgoing);
+            let guard = RowGuard::for_recipient(tracker, &self.env, &device_id, outgoing);
             let msg = DeviceMsg::Deliver(outgoing.clone(), guard);
             if let Err(e) = self.env.directory.deliver(&device_id, msg).await {
-                // The guard was dropped with the message: the send reports a failure.
+                // The guard was dropped with the message: it is delivered again or
+                // the send reports a failure.
                 tracing::warn!(%device_id, error = %e, "could not route message");
             }
         }
-        drop(tracker);
     }
 
     /// The budgets above the device tier: the device→recipient pair (when on), the
@@ -811,13 +838,7 @@ impl DeviceState {
         );
         self.recent.insert(client_id, Recent::Pending(key));
         let tracker = SendTracker::new(missing.len(), myself.clone(), key);
-        for device_id in missing {
-            let guard = RowGuard::for_recipient(&tracker, &self.env, &device_id, &outgoing);
-            let msg = DeviceMsg::Deliver(outgoing.clone(), guard);
-            if let Err(e) = self.env.directory.deliver(&device_id, msg).await {
-                tracing::warn!(%device_id, error = %e, "could not route message");
-            }
-        }
+        self.deliver_rows(&tracker, &outgoing, missing).await;
     }
 
     fn finish_send(&mut self, key: u64, ok: bool) {
