@@ -1,82 +1,41 @@
-//! Credentials: the admin token, tenant API keys and device tokens (JWT, HS256).
+//! Authorization extractors: the admin token, tenant API keys and device tokens.
 //!
 //! Authorization lives in extractor types, so a handler that takes [`TenantAuth`] or
-//! [`AdminAuth`] cannot forget to check.
+//! [`AdminAuth`] cannot forget to check. The credential logic itself (JWT HS256, key
+//! shapes, constant-time comparison) is the `credentials` crate, which is fuzzed on its
+//! own (`fuzz/`); this module maps its verdicts to [`ApiError`]s.
 
 use std::future::Future;
 use std::pin::Pin;
 
 use actix_web::{web, FromRequest, HttpRequest};
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use serde::{Deserialize, Serialize};
+use credentials::{hash_key, parse_api_key, secret_matches, IssueError, TokenError};
 
 use crate::error::ApiError;
-use crate::secrets::{constant_time_eq, hash_key};
 use crate::state::AppState;
 
-/// Claims of a device token.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct DeviceClaims {
-    /// Device id.
-    pub sub: String,
-    /// Tenant id.
-    pub tid: String,
-    /// Expiry, Unix seconds.
-    pub exp: u64,
-    /// Issued at, Unix seconds.
-    pub iat: u64,
-}
+// Re-exported so tests and tools that make tokens keep one path into the server crate.
+pub use credentials::{DeviceClaims, TokenKeys};
 
-/// Signing and verification keys for device tokens.
-pub struct TokenKeys {
-    encoding: EncodingKey,
-    decoding: DecodingKey,
-}
-
-impl TokenKeys {
-    /// Keys from a shared secret.
-    pub fn new(secret: &str) -> Self {
-        TokenKeys {
-            encoding: EncodingKey::from_secret(secret.as_bytes()),
-            decoding: DecodingKey::from_secret(secret.as_bytes()),
-        }
-    }
-
-    /// Signs a token for a device.
-    pub fn issue(&self, claims: &DeviceClaims) -> Result<String, ApiError> {
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &self.encoding)
-            .map_err(|e| ApiError::new(protocol::ErrorCode::Internal, format!("token: {e}")))
-    }
-
-    /// Verifies a token's signature and expiry.
-    pub fn verify(&self, token: &str) -> Result<DeviceClaims, ApiError> {
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.leeway = 0;
-        validation.set_required_spec_claims(&["exp", "sub"]);
-        let claims = jsonwebtoken::decode::<DeviceClaims>(token, &self.decoding, &validation)
-            .map(|d| d.claims)
-            .map_err(|e| match e.kind() {
-                jsonwebtoken::errors::ErrorKind::ExpiredSignature => {
-                    ApiError::unauthorized("device token expired")
-                }
-                _ => ApiError::unauthorized("invalid device token"),
-            })?;
-        // JWT `exp` has whole seconds and the library accepts `now == exp`; a token is
-        // expired from the first millisecond of its `exp` second, as the live close is.
-        if (claims.exp as i64).saturating_mul(1000) <= actors::clock::now_ms() {
-            return Err(ApiError::unauthorized("device token expired"));
-        }
-        Ok(claims)
+impl From<TokenError> for ApiError {
+    fn from(e: TokenError) -> Self {
+        // The two messages are part of the API: "device token expired" and
+        // "invalid device token".
+        ApiError::unauthorized(e.to_string())
     }
 }
 
+impl From<IssueError> for ApiError {
+    fn from(e: IssueError) -> Self {
+        tracing::error!(error = %e, "could not sign a device token");
+        ApiError::new(protocol::ErrorCode::Internal, "could not sign the token")
+    }
+}
+
+/// The credential of the request's `Authorization: Bearer` header, if well formed.
 fn bearer(req: &HttpRequest) -> Option<&str> {
-    req.headers()
-        .get(actix_web::http::header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
-        .map(str::trim)
+    let value = req.headers().get(actix_web::http::header::AUTHORIZATION)?;
+    credentials::bearer(value.to_str().ok()?)
 }
 
 fn app_state(req: &HttpRequest) -> Result<web::Data<AppState>, ApiError> {
@@ -94,7 +53,7 @@ impl FromRequest for AdminAuth {
 
     fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
         let result = app_state(req).and_then(|state| match bearer(req) {
-            Some(t) if constant_time_eq(t, &state.admin_token) => Ok(AdminAuth),
+            Some(t) if secret_matches(t, &state.admin_token) => Ok(AdminAuth),
             Some(_) => Err(ApiError::unauthorized("invalid admin token")),
             None => Err(ApiError::unauthorized(
                 "admin token required (Authorization: Bearer …)",
@@ -121,7 +80,7 @@ impl FromRequest for AdminStreamAuth {
         };
         let result = app_state(req).and_then(|state| {
             match bearer(req).map(str::to_owned).or_else(query_token) {
-                Some(t) if constant_time_eq(&t, &state.admin_token) => Ok(AdminStreamAuth),
+                Some(t) if secret_matches(&t, &state.admin_token) => Ok(AdminStreamAuth),
                 Some(_) => Err(ApiError::unauthorized("invalid admin token")),
                 None => Err(ApiError::unauthorized(
                     "admin token required (Authorization: Bearer … or ?token=)",
@@ -141,12 +100,15 @@ impl FromRequest for TenantAuth {
 
     fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
         let state = app_state(req);
-        let key = bearer(req).map(hash_key);
+        // A malformed key is refused here, before any cache or store lookup.
+        let key = bearer(req).map(|k| parse_api_key(k).map(hash_key));
         Box::pin(async move {
             let state = state?;
-            let hash = key.ok_or_else(|| {
-                ApiError::unauthorized("API key required (Authorization: Bearer …)")
-            })?;
+            let hash = key
+                .ok_or_else(|| {
+                    ApiError::unauthorized("API key required (Authorization: Bearer …)")
+                })?
+                .ok_or_else(|| ApiError::unauthorized("invalid API key"))?;
             let cache_key = format!("apikey:{hash}");
             if let Some(tenant) = state.cache.get(&cache_key).await {
                 return Ok(TenantAuth(tenant));

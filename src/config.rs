@@ -24,8 +24,18 @@ pub struct Config {
     pub jwt_secret: Option<String>,
     /// Default device-token lifetime.
     pub token_ttl_secs: u64,
-    /// Largest accepted WebSocket frame (bytes); larger ones close with 1009.
+    /// Largest message body (bytes), on every transport: a bigger `body` is refused
+    /// with `too_large` (REST 413, WebSocket `error`).
+    pub max_message_bytes: usize,
+    /// Largest accepted WebSocket frame (bytes); larger ones close with 1009. Leaves
+    /// room for a body of `max_message_bytes` and the frame around it.
     pub max_frame_bytes: usize,
+    /// Largest REST request body (bytes) outside the bulk and contacts routes.
+    pub max_request_bytes: usize,
+    /// Largest `POST /v1/messages/bulk` body (bytes).
+    pub max_bulk_bytes: usize,
+    /// Largest `PUT /v1/devices/{id}/contacts` body (bytes).
+    pub max_contacts_bytes: usize,
     /// Server ping period; a client silent for two periods is dropped.
     pub heartbeat_ms: u64,
     /// Frames buffered per connection in its channel (more wait in an overflow queue).
@@ -34,6 +44,8 @@ pub struct Config {
     pub slow_consumer_ms: u64,
     /// A device session with no client stops after this long.
     pub session_idle_secs: u64,
+    /// The same in milliseconds, when set (takes precedence; for tests).
+    pub session_idle_ms: Option<u64>,
     /// Per-device critical-tier budget per minute.
     pub rate_limit_critical: u32,
     /// Per-device high-tier budget per minute.
@@ -42,6 +54,12 @@ pub struct Config {
     pub rate_limit_normal: u32,
     /// Per-device low-tier budget per minute.
     pub rate_limit_low: u32,
+    /// Per-device budget of message ids in `receipt` frames, per minute.
+    pub rate_limit_receipts: u32,
+    /// Per-device budget of `typing` frames, per minute.
+    pub rate_limit_typing: u32,
+    /// Per-device budget of `sync` frames, per minute.
+    pub rate_limit_sync: u32,
     /// Per-tenant budget per minute over all its devices (0: unlimited).
     pub tenant_rate_per_minute: u32,
     /// Server-wide budget per minute (0: unlimited).
@@ -50,6 +68,28 @@ pub struct Config {
     pub pair_rate_per_minute: u32,
     /// Queue aging (ms): a queued job counts one lane higher per this long waited.
     pub queue_aging_ms: u64,
+    /// Fair queuing (virtual ms): each job of a tenant queues this far behind its
+    /// previous one in the same lane, so one tenant's backlog never holds back another.
+    pub queue_fair_spacing_ms: u64,
+    /// Finished jobs are deleted this long after they finished (seconds).
+    pub job_retention_secs: u64,
+    /// Supervisors escalate when a child failed more than this many times…
+    pub supervisor_max_restarts: u32,
+    /// …within this many seconds.
+    pub supervisor_period_secs: u64,
+    /// First restart backoff (ms); doubled per recent failure.
+    pub supervisor_backoff_min_ms: u64,
+    /// Longest restart backoff (ms).
+    pub supervisor_backoff_max_ms: u64,
+    /// Origins allowed to open WebSockets (the `Origin` header); empty: any. A
+    /// handshake with another origin is refused with 403.
+    pub ws_allowed_origins: Vec<String>,
+    /// Origins allowed to call the REST API from a browser (CORS); empty: none.
+    pub cors_allowed_origins: Vec<String>,
+    /// Open WebSockets per client IP at most (0: unlimited).
+    pub ip_max_connections: u32,
+    /// WebSocket handshakes per client IP per minute at most (0: unlimited).
+    pub ip_handshakes_per_minute: u32,
     /// Rows per group-commit batch, at most.
     pub persist_batch_max: usize,
     /// Group-commit linger (ms).
@@ -123,19 +163,37 @@ impl Default for Config {
             admin_token: None,
             jwt_secret: None,
             token_ttl_secs: 24 * 3600,
-            max_frame_bytes: 64 * 1024,
+            max_message_bytes: 64 * 1024,
+            max_frame_bytes: 80 * 1024,
+            max_request_bytes: 64 * 1024,
+            max_bulk_bytes: 16 * 1024 * 1024,
+            max_contacts_bytes: 16 * 1024 * 1024,
             heartbeat_ms: 30_000,
             outbound_buffer: 1024,
             slow_consumer_ms: 2000,
             session_idle_secs: 60,
+            session_idle_ms: None,
             rate_limit_critical: 200,
             rate_limit_high: 100,
             rate_limit_normal: 60,
             rate_limit_low: 30,
+            rate_limit_receipts: 6000,
+            rate_limit_typing: 600,
+            rate_limit_sync: 1200,
             tenant_rate_per_minute: 6_000_000,
             global_rate_per_minute: 12_000_000,
             pair_rate_per_minute: 0,
             queue_aging_ms: 10_000,
+            queue_fair_spacing_ms: 1,
+            job_retention_secs: 7 * 24 * 3600,
+            supervisor_max_restarts: 5,
+            supervisor_period_secs: 10,
+            supervisor_backoff_min_ms: 10,
+            supervisor_backoff_max_ms: 2000,
+            ws_allowed_origins: Vec::new(),
+            cors_allowed_origins: Vec::new(),
+            ip_max_connections: 10_000,
+            ip_handshakes_per_minute: 30_000,
             persist_batch_max: 2048,
             persist_linger_ms: 1,
             persist_writers: 1,
@@ -232,7 +290,10 @@ impl Config {
             ],
             outbound_buffer: self.outbound_buffer.max(8),
             slow_consumer: std::time::Duration::from_millis(self.slow_consumer_ms.max(10)),
-            session_idle: std::time::Duration::from_secs(self.session_idle_secs.max(1)),
+            session_idle: match self.session_idle_ms {
+                Some(ms) => std::time::Duration::from_millis(ms.max(10)),
+                None => std::time::Duration::from_secs(self.session_idle_secs.max(1)),
+            },
             idempotency_window: self.idempotency_window.max(1),
             batch_max: self.persist_batch_max.max(1),
             linger: std::time::Duration::from_millis(self.persist_linger_ms),
@@ -244,6 +305,22 @@ impl Config {
             queue_contact_concurrency: self.queue_contact_concurrency.unwrap_or(2).max(1) as usize,
             queue_attempts: self.queue_default_attempts.unwrap_or(3).max(1),
             queue_aging: std::time::Duration::from_millis(self.queue_aging_ms.max(1)),
+            queue_fair_spacing_ms: i64::try_from(self.queue_fair_spacing_ms).unwrap_or(1),
+            job_retention: std::time::Duration::from_secs(self.job_retention_secs.max(1)),
+            control_rate_per_minute: [
+                self.rate_limit_receipts,
+                self.rate_limit_typing,
+                self.rate_limit_sync,
+            ],
+            restart_policy: actors::supervision::RestartPolicy {
+                max_restarts: self.supervisor_max_restarts,
+                period: std::time::Duration::from_secs(self.supervisor_period_secs.max(1)),
+                backoff_min: std::time::Duration::from_millis(self.supervisor_backoff_min_ms),
+                backoff_max: std::time::Duration::from_millis(
+                    self.supervisor_backoff_max_ms
+                        .max(self.supervisor_backoff_min_ms),
+                ),
+            },
         }
     }
 }

@@ -72,12 +72,18 @@ impl ResponseError for ApiError {
 }
 
 impl From<StoreError> for ApiError {
+    /// Clients see the error table's code; the store's own text goes to the log only.
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Conflict(m) => ApiError::new(ErrorCode::Conflict, m),
-            StoreError::Unavailable(m) => {
-                tracing::error!(error = %m, "store failure");
+            StoreError::Conflict(_) => ApiError::new(ErrorCode::Conflict, "already exists"),
+            StoreError::Limit(m) => ApiError::new(ErrorCode::TooLarge, m),
+            StoreError::Unavailable(_) | StoreError::Aborted => {
+                tracing::error!(error = %e, "store failure");
                 ApiError::new(ErrorCode::Unavailable, "storage unavailable, retry later")
+            }
+            StoreError::Corrupt(_) => {
+                tracing::error!(error = %e, "stored data unreadable");
+                ApiError::new(ErrorCode::Internal, "stored data unreadable")
             }
         }
     }
@@ -113,7 +119,10 @@ pub fn json_error_handler(
         J::OverflowKnownLength { .. } | J::Overflow { .. } => {
             ApiError::new(ErrorCode::TooLarge, "request body too large")
         }
-        J::ContentType => ApiError::bad_request("expected Content-Type: application/json"),
+        J::ContentType => ApiError::new(
+            ErrorCode::UnsupportedMediaType,
+            "expected Content-Type: application/json",
+        ),
         other => ApiError::bad_request(format!("invalid JSON body: {other}")),
     };
     api.into()

@@ -20,12 +20,18 @@ enum Command {
     /// Run the server (the default). Settings come from config/*.toml and the
     /// environment (SWITCHBOARD_BIND, SWITCHBOARD_DATA_DIR, ADMIN_TOKEN, …).
     Serve,
+    /// Print every setting with its default value, as TOML.
+    Defaults,
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(),
+        Command::Defaults => {
+            print!("{}", toml::to_string(&Config::default())?);
+            Ok(())
+        }
     }
 }
 
@@ -55,8 +61,17 @@ fn serve() -> anyhow::Result<()> {
                 data_dir.display()
             );
         }
-        wait_for_signal().await;
+        let mut running = running;
+        let escalated = tokio::select! {
+            _ = wait_for_signal() => false,
+            _ = running.root_stopped() => true,
+        };
         running.shutdown().await;
+        if escalated {
+            // A failure escalated past the root supervisor: exit non-zero so the
+            // orchestrator (systemd, Kubernetes) restarts the process.
+            anyhow::bail!("the actor tree's root supervisor stopped");
+        }
         anyhow::Ok(())
     })?;
     Ok(())

@@ -4,14 +4,7 @@
 use std::io::Write;
 use std::path::Path;
 
-use rand::RngCore;
-
-/// A random URL-safe secret of 32 bytes, hex-encoded.
-pub fn random_secret() -> String {
-    let mut bytes = [0u8; 32];
-    rand::rng().fill_bytes(&mut bytes);
-    hex::encode(bytes)
-}
+use credentials::random_secret;
 
 /// The secret in `file` under `dir`, generated if missing. Returns it and whether it
 /// was generated now.
@@ -36,16 +29,4 @@ pub fn load_or_create(dir: &Path, file: &str) -> std::io::Result<(String, bool)>
     f.write_all(secret.as_bytes())?;
     f.sync_all()?;
     Ok((secret, true))
-}
-
-/// SHA-256 of an API key, hex: what the store keeps instead of the key.
-pub fn hash_key(key: &str) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(key.as_bytes()))
-}
-
-/// Compares secrets in time independent of where they differ.
-pub fn constant_time_eq(a: &str, b: &str) -> bool {
-    let (a, b) = (a.as_bytes(), b.as_bytes());
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use actix_web::{web, App, HttpServer};
 use actors::Env;
+use credentials::TokenKeys;
 use tokio::sync::watch;
 
-use crate::auth::TokenKeys;
 use crate::config::Config;
 use crate::error::{json_error_handler, path_error_handler, query_error_handler};
 use crate::secrets::load_or_create;
@@ -29,6 +29,7 @@ pub struct Running {
     server: actix_web::dev::ServerHandle,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
     shutdown_tx: watch::Sender<bool>,
+    root_join: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// Errors that stop the server from starting.
@@ -64,14 +65,27 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         full_sync,
     )?);
     sqlite.set_slow_threshold(Duration::from_millis(config.slow_query_ms));
-    let env = Env::new(sqlite.clone(), config.actor_settings(), config.test_hooks);
-    let root = actors::root::start(env.clone())
+    // Tests may inject store faults; production runs the store as it is.
+    let store_faults = config
+        .test_hooks
+        .then(|| Arc::new(crate::store::hooked::Faults::default()));
+    let store: Arc<dyn actors::store::Store> = match &store_faults {
+        Some(faults) => Arc::new(crate::store::hooked::Hooked::new(
+            sqlite.clone(),
+            faults.clone(),
+        )),
+        None => sqlite.clone(),
+    };
+    let env = Env::new(store, config.actor_settings(), config.test_hooks);
+    let tree = actors::root::start(env.clone())
         .await
         .map_err(|e| StartError::Actors(e.to_string()))?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let state = Arc::new(AppState {
         env,
-        root,
+        root: tree.root,
+        ip_limits: crate::ws::guard::IpLimits::new(&config),
+        store_faults,
         sqlite,
         admin_token: admin_token.clone(),
         tokens: TokenKeys::new(&jwt_secret),
@@ -89,14 +103,17 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     } else {
         config.workers
     };
+    let json_limit = config.max_request_bytes;
+    let cors_origins = config.cors_allowed_origins.clone();
     let server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
             .app_data(
                 web::JsonConfig::default()
-                    .limit(8 * 1024 * 1024)
+                    .limit(json_limit)
                     .error_handler(json_error_handler),
             )
+            .wrap(crate::http::cors::layer(&cors_origins))
             .app_data(web::QueryConfig::default().error_handler(query_error_handler))
             .app_data(web::PathConfig::default().error_handler(path_error_handler))
             .wrap(crate::logging::RequestId)
@@ -122,6 +139,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         server: handle,
         task,
         shutdown_tx,
+        root_join: Some(tree.join),
     })
 }
 
@@ -130,6 +148,18 @@ async fn not_found() -> Result<actix_web::HttpResponse, crate::error::ApiError> 
 }
 
 impl Running {
+    /// Resolves when the actor tree's root has stopped: at shutdown, or when a failure
+    /// escalated past every supervisor (the process should then exit).
+    pub async fn root_stopped(&mut self) {
+        match self.root_join.as_mut() {
+            Some(join) => {
+                let _ = join.await;
+                self.root_join = None;
+            }
+            None => std::future::pending::<()>().await,
+        }
+    }
+
     /// Drains: stops accepting, closes every WebSocket with 1012, flushes the
     /// persistence writers, then stops the HTTP server.
     pub async fn shutdown(self) {

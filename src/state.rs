@@ -4,10 +4,10 @@ use std::sync::Arc;
 
 use actors::root::RootMsg;
 use actors::Env;
+use credentials::TokenKeys;
 use ractor::ActorRef;
 use tokio::sync::watch;
 
-use crate::auth::TokenKeys;
 use crate::config::Config;
 use crate::store::sqlite::SqliteStore;
 
@@ -30,4 +30,8 @@ pub struct AppState {
     pub cache: Arc<dyn actors::cache::Cache>,
     /// Flips to true when the server starts shutting down.
     pub shutdown: watch::Receiver<bool>,
+    /// WebSocket handshake limits (origin, per IP).
+    pub ip_limits: crate::ws::guard::IpLimits,
+    /// Injected store faults (only with `test_hooks`).
+    pub store_faults: Option<Arc<crate::store::hooked::Faults>>,
 }

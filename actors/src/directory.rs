@@ -12,7 +12,7 @@ use crate::device::DeviceMsg;
 use crate::metrics::CacheCounters;
 use crate::root::RootMsg;
 use crate::store::{DeviceRecord, GroupRecord, Store, StoreError};
-use crate::tenant::TenantMsg;
+use crate::tenant::{EnsureError, TenantMsg};
 
 /// Why a device could not be reached.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -109,7 +109,23 @@ impl Directory {
             .ok_or(RouteError::Unavailable)?;
         ractor::call!(tenant, TenantMsg::Ensure, device)
             .map_err(|_| RouteError::Unavailable)?
-            .map_err(|_| RouteError::Unavailable)
+            .map_err(|e| match e {
+                EnsureError::Gone => RouteError::NoDevice,
+                EnsureError::Unavailable => RouteError::Unavailable,
+            })
+    }
+
+    /// Stops a deleted device's session for good (its clients see 4410) and starts no
+    /// other: answers once it has stopped.
+    pub async fn remove(&self, device: &DeviceRecord) -> Result<(), RouteError> {
+        let root = self.root.get().ok_or(RouteError::Unavailable)?;
+        let tenant = ractor::call!(root, RootMsg::Tenant, device.tenant_id.clone())
+            .map_err(|_| RouteError::Unavailable)?
+            .ok_or(RouteError::Unavailable)?;
+        ractor::call!(tenant, TenantMsg::Remove, device.id.clone())
+            .map_err(|_| RouteError::Unavailable)?;
+        self.sessions.remove(&device.id);
+        Ok(())
     }
 
     /// Sends `msg` to a device's session, starting it if needed. A session that stopped
@@ -171,14 +187,29 @@ impl Directory {
         self.group_cache.miss();
         let found = self.store.get_group(group_id).await?.map(Arc::new);
         if let Some(g) = &found {
-            self.groups.insert(group_id.to_owned(), g.clone());
+            self.cache_group(g.clone());
         }
         Ok(found)
     }
 
-    /// Drops a cached group after its members changed.
-    pub fn forget_group(&self, group_id: &str) {
-        self.groups.remove(group_id);
+    /// A group's members changed: the cache takes the new version at once (so a
+    /// removed member stops receiving with the next send), and never lets an older
+    /// copy, read before the change, replace it.
+    pub fn group_changed(&self, group: Arc<GroupRecord>) {
+        self.cache_group(group);
+    }
+
+    fn cache_group(&self, group: Arc<GroupRecord>) {
+        match self.groups.entry(group.id.clone()) {
+            dashmap::Entry::Occupied(mut e) => {
+                if e.get().version <= group.version {
+                    e.insert(group);
+                }
+            }
+            dashmap::Entry::Vacant(e) => {
+                e.insert(group);
+            }
+        }
     }
 
     /// Counters of the address cache ((tenant, address) → device id).

@@ -24,6 +24,8 @@ pub struct Env {
     pub stats: Stats,
     /// Whether test-only hooks (panic injection) are enabled.
     pub test_hooks: bool,
+    /// Faults the tests inject (only read when `test_hooks` is on).
+    pub faults: TestFaults,
     /// Tenant and global rate budgets.
     pub limits: SharedLimits,
     /// The running queue dispatcher, to wake it on enqueue.
@@ -45,6 +47,60 @@ impl Env {
             settings,
             stats: Stats::default(),
             test_hooks,
+            faults: TestFaults::default(),
         })
+    }
+
+    /// The injected faults, when test hooks are enabled.
+    pub fn test_faults(&self) -> Option<&TestFaults> {
+        self.test_hooks.then_some(&self.faults)
+    }
+}
+
+/// Faults the tests inject through the test-only admin hooks.
+#[derive(Debug, Default)]
+pub struct TestFaults {
+    start_panics: dashmap::DashMap<String, u32>,
+    /// Device → (panic at every this many accepted rows, panics left, rows seen).
+    row_panics: dashmap::DashMap<String, (u64, u32, u64)>,
+}
+
+impl TestFaults {
+    /// Makes the next `times` starts of `device_id`'s session panic (a crash loop).
+    pub fn panic_on_start(&self, device_id: &str, times: u32) {
+        self.start_panics.insert(device_id.to_owned(), times);
+    }
+
+    /// Makes `device_id`'s session panic (before writing it) at every `every`-th row it
+    /// accepts, `times` times in all: rows queued behind it are lost and redelivered.
+    pub fn panic_every_rows(&self, device_id: &str, every: u64, times: u32) {
+        self.row_panics
+            .insert(device_id.to_owned(), (every.max(1), times, 0));
+    }
+
+    /// Whether accepting this row of `device_id` must panic (counts it).
+    pub fn take_row_panic(&self, device_id: &str) -> bool {
+        match self.row_panics.get_mut(device_id) {
+            Some(mut e) if e.1 > 0 => {
+                e.2 += 1;
+                if e.2 % e.0 == 0 {
+                    e.1 -= 1;
+                    return true;
+                }
+                false
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether this start of `device_id`'s session must panic (counts it down).
+    pub fn take_start_panic(&self, device_id: &str) -> bool {
+        match self.start_panics.get_mut(device_id) {
+            Some(mut left) if *left > 0 => {
+                *left -= 1;
+                true
+            }
+            _ => false,
+        }
     }
 }

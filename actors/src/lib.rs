@@ -32,6 +32,7 @@ pub mod root;
 pub mod settings;
 pub mod stats;
 pub mod store;
+pub mod supervision;
 pub mod tenant;
 
 pub use env::Env;

@@ -1,10 +1,17 @@
 //! The persistence pool: writer actors that batch inbox rows (group commit).
 //!
 //! A writer collects rows until it holds `batch_max` of them or `linger` has passed
-//! since the first, then commits them in one transaction and only then runs each row's
-//! completion. Rows of one device always go to the same writer, and a writer commits one
-//! batch at a time, so each inbox becomes durable in seq order.
+//! since the first, then commits them in one call and only then runs each row's
+//! completion with that row's outcome. Rows of one device always go to the same writer,
+//! and a writer commits one batch at a time, so each inbox becomes durable in seq order.
+//!
+//! **Fence.** When a row of a device fails, a later row of the same device must not be
+//! written (the failed seq would be a hole in the inbox). The store aborts the device's
+//! later rows within the batch, and the writer refuses its rows in later batches until
+//! the device's session, once none of its rows is in flight, lifts the fence with
+//! [`PersistencePool::reset`].
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -12,10 +19,10 @@ use std::time::{Duration, Instant};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::stats::Stats;
-use crate::store::{InboxEntry, Store, StoreError};
+use crate::store::{InboxRow, RowResult, Store, StoreError};
 
 /// Runs once the row it came with is durable (or failed for good).
-pub type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+pub type Completion = Box<dyn FnOnce(RowResult) + Send>;
 
 /// The writer actor.
 pub struct Writer;
@@ -55,18 +62,23 @@ pub struct WriterStats {
 /// State of a writer.
 pub struct WriterState {
     args: WriterArgs,
-    rows: Vec<InboxEntry>,
+    rows: Vec<InboxRow>,
     completions: Vec<Completion>,
     barriers: Vec<RpcReplyPort<()>>,
     timer_armed: bool,
+    /// Devices whose rows are refused until their session resets them.
+    fenced: HashSet<std::sync::Arc<str>>,
 }
 
 /// Messages of a writer.
 pub enum WriterMsg {
     /// Make a row durable, then run the completion.
-    Append(InboxEntry, Completion),
+    Append(InboxRow, Completion),
     /// Answer once everything appended before is durable.
     Barrier(RpcReplyPort<()>),
+    /// Answer once everything appended before is durable, and take the device's rows
+    /// again.
+    Reset(String, RpcReplyPort<()>),
     /// The linger timer fired.
     Flush,
 }
@@ -89,6 +101,7 @@ impl Actor for Writer {
             completions: Vec::with_capacity(args.batch_max),
             barriers: Vec::new(),
             timer_armed: false,
+            fenced: HashSet::new(),
             args,
         })
     }
@@ -102,6 +115,10 @@ impl Actor for Writer {
         match msg {
             WriterMsg::Append(row, done) => {
                 uncount(&state.args.stats.mailbox);
+                if state.fenced.contains(&row.device_id) {
+                    done(Err(StoreError::Aborted));
+                    return Ok(());
+                }
                 state.rows.push(row);
                 state.completions.push(done);
                 state
@@ -124,6 +141,13 @@ impl Actor for Writer {
                     commit(state).await;
                 }
             }
+            WriterMsg::Reset(device_id, reply) => {
+                if !state.rows.is_empty() {
+                    commit(state).await;
+                }
+                state.fenced.remove(device_id.as_str());
+                let _ = reply.send(());
+            }
             WriterMsg::Flush => {
                 state.timer_armed = false;
                 if !state.rows.is_empty() {
@@ -142,19 +166,20 @@ fn uncount(counter: &AtomicU64) {
     });
 }
 
-/// Commits the pending batch, retrying transient failures, then answers everyone waiting.
+/// Commits the pending batch, retrying a call that wrote nothing, then answers
+/// everyone waiting, each row with its own outcome.
 async fn commit(state: &mut WriterState) {
     let rows = Arc::new(std::mem::take(&mut state.rows));
     let completions = std::mem::take(&mut state.completions);
     let barriers = std::mem::take(&mut state.barriers);
     let n = rows.len() as u64;
     let started = Instant::now();
-    let mut result = Ok(());
+    let mut result = Err(StoreError::Unavailable("not tried".into()));
     for attempt in 0..4u32 {
-        result = state.args.store.commit_inbox(Arc::clone(&rows)).await;
+        result = state.args.store.commit_rows(Arc::clone(&rows)).await;
         match &result {
-            Ok(()) => break,
-            Err(StoreError::Conflict(_)) => break,
+            Ok(_) => break,
+            Err(e) if !e.is_transient() => break,
             Err(e) => {
                 tracing::warn!(error = %e, attempt, rows = n, "inbox commit failed, retrying");
                 tokio::time::sleep(Duration::from_millis(20 << attempt)).await;
@@ -162,32 +187,52 @@ async fn commit(state: &mut WriterState) {
         }
     }
     let stats = &state.args.stats;
-    tracing::debug!(
-        rows = n,
-        commit_us = started.elapsed().as_micros() as u64,
-        "batch committed"
-    );
     stats.backlog.store(0, Ordering::Relaxed);
-    if result.is_ok() {
+    let outcomes: Vec<RowResult> = match result {
+        Ok(outcomes) if outcomes.len() == rows.len() => outcomes,
+        Ok(outcomes) => {
+            tracing::error!(
+                rows = n,
+                answers = outcomes.len(),
+                "store answered the wrong number of rows"
+            );
+            vec![Err(StoreError::Corrupt("row count mismatch".into())); rows.len()]
+        }
+        Err(e) => {
+            tracing::error!(error = %e, rows = n, "inbox commit failed");
+            vec![Err(e); rows.len()]
+        }
+    };
+    let written = outcomes.iter().filter(|o| o.is_ok()).count() as u64;
+    for (row, outcome) in rows.iter().zip(&outcomes) {
+        if outcome.is_err() {
+            state.fenced.insert(row.device_id.clone());
+        }
+    }
+    if written > 0 {
         stats.batches.fetch_add(1, Ordering::Relaxed);
-        stats.rows.fetch_add(n, Ordering::Relaxed);
-        stats.last_batch.store(n, Ordering::Relaxed);
+        stats.rows.fetch_add(written, Ordering::Relaxed);
+        stats.last_batch.store(written, Ordering::Relaxed);
         stats
             .last_commit_us
             .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         let global: &Stats = &state.args.global.stats;
-        global.metrics.batch_size.record(n as f64);
+        global.metrics.batch_size.record(written as f64);
         global
             .metrics
             .commit_latency
             .record(started.elapsed().as_secs_f64());
-        global.rows_committed.fetch_add(n, Ordering::Relaxed);
+        global.rows_committed.fetch_add(written, Ordering::Relaxed);
         Stats::inc(&global.batches_committed);
-    } else if let Err(e) = &result {
-        tracing::error!(error = %e, rows = n, "inbox commit failed");
     }
-    for done in completions {
-        done(result.clone());
+    tracing::debug!(
+        rows = n,
+        written,
+        commit_us = started.elapsed().as_micros() as u64,
+        "batch committed"
+    );
+    for (done, outcome) in completions.into_iter().zip(outcomes) {
+        done(outcome);
     }
     for reply in barriers {
         let _ = reply.send(());
@@ -244,7 +289,7 @@ impl PersistencePool {
 
     /// Queues a row; `done` runs after it is durable. If no writer can take it, `done`
     /// runs at once with an error.
-    pub fn append(&self, row: InboxEntry, done: Completion) {
+    pub fn append(&self, row: InboxRow, done: Completion) {
         let slot = self.slot_of(&row.device_id);
         let Some(writer) = self.writer(slot) else {
             done(Err(StoreError::Unavailable("no writer".into())));
@@ -265,6 +310,24 @@ impl PersistencePool {
         if let Some(w) = self.writer(self.slot_of(device_id)) {
             let _ = ractor::call!(w, WriterMsg::Barrier);
         }
+    }
+
+    /// Waits until every row queued for `device_id` so far has settled, then lets the
+    /// writer take the device's rows again after a failed one (see the module doc).
+    pub async fn reset(&self, device_id: &str) {
+        if let Some(w) = self.writer(self.slot_of(device_id)) {
+            let _ = ractor::call!(w, WriterMsg::Reset, device_id.to_owned());
+        }
+    }
+
+    /// Whether every writer slot holds a running writer.
+    pub fn all_running(&self) -> bool {
+        self.writers.read().is_ok_and(|w| {
+            w.iter().all(|slot| {
+                slot.as_ref()
+                    .is_some_and(|a| a.get_status() == ractor::ActorStatus::Running)
+            })
+        })
     }
 
     /// Waits until every writer has committed what it holds.

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use crate::supervision::RestartPolicy;
+
 /// Settings shared by every actor.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -35,6 +37,15 @@ pub struct Settings {
     pub queue_attempts: u32,
     /// Queue aging: a job counts as one lane higher for every this long it has waited.
     pub queue_aging: Duration,
+    /// Fair queuing across tenants: each job of a tenant queues this far (virtual
+    /// milliseconds) behind the tenant's previous one in the same lane.
+    pub queue_fair_spacing_ms: i64,
+    /// Finished jobs are deleted this long after they finished.
+    pub job_retention: Duration,
+    /// Per-device budgets per minute for receipt ids, typing frames and sync pages.
+    pub control_rate_per_minute: [u32; 3],
+    /// How supervisors restart failing children.
+    pub restart_policy: RestartPolicy,
 }
 
 impl Default for Settings {
@@ -55,6 +66,10 @@ impl Default for Settings {
             queue_contact_concurrency: 2,
             queue_attempts: 3,
             queue_aging: Duration::from_secs(10),
+            queue_fair_spacing_ms: 1,
+            job_retention: Duration::from_secs(7 * 24 * 3600),
+            control_rate_per_minute: [6000, 600, 1200],
+            restart_policy: RestartPolicy::default(),
         }
     }
 }

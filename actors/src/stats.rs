@@ -23,6 +23,8 @@ pub struct Stats {
     pub contact_cache_misses: AtomicU64,
     /// Connections cut off for reading too slowly.
     pub slow_consumers: AtomicU64,
+    /// Recipient rows delivered again after they were lost (in order, see `outbox.rs`).
+    pub rows_resent: AtomicU64,
     /// Prometheus instruments (see [`crate::metrics`]).
     pub metrics: crate::metrics::ActorMetrics,
 }

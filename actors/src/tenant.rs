@@ -1,7 +1,9 @@
 //! A tenant's supervisor: starts its device sessions on demand, restarts a session that
-//! fails (that session only), and hands out no session that is stopping.
+//! fails (that session only) after a backoff, escalates when one fails too often (see
+//! [`crate::supervision`]), hands out no session that is stopping, and stops a deleted
+//! device's session for good.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -10,6 +12,7 @@ use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, Supervi
 use crate::device::{DeviceArgs, DeviceMsg, DeviceSession, SessionGauge};
 use crate::stats::Stats;
 use crate::store::DeviceRecord;
+use crate::supervision::{Decision, RestartHistory};
 use crate::Env;
 
 /// The tenant supervisor actor.
@@ -24,14 +27,18 @@ pub struct TenantArgs {
 }
 
 struct Slot {
-    actor: ActorRef<DeviceMsg>,
+    /// The running incarnation; `None` while a restart waits out its backoff.
+    actor: Option<ActorRef<DeviceMsg>>,
     device: DeviceRecord,
     stopping: bool,
     restarts: u32,
+    history: RestartHistory,
     started: Instant,
     gauge: Arc<SessionGauge>,
     /// An operator asked for a restart: start it again once it has stopped.
     restart_requested: bool,
+    /// The device was deleted: answer these once the session has stopped.
+    removing: Vec<RpcReplyPort<()>>,
 }
 
 /// One supervised device session, as the admin tree shows it.
@@ -53,28 +60,46 @@ pub struct ChildInfo {
     pub stopping: bool,
 }
 
+/// Why no session could be had.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum EnsureError {
+    /// The device was deleted (or is not this tenant's).
+    #[error("no such device")]
+    Gone,
+    /// The session could not be started now.
+    #[error("device session unavailable")]
+    Unavailable,
+}
+
+type EnsureReply = RpcReplyPort<Result<ActorRef<DeviceMsg>, EnsureError>>;
+
 /// State of a tenant supervisor.
 pub struct TenantState {
     env: Arc<Env>,
     tenant_id: String,
     slots: HashMap<String, Slot>,
     by_actor: HashMap<ActorId, String>,
-    waiting: HashMap<String, Vec<(DeviceRecord, EnsureReply)>>,
+    waiting: HashMap<String, Vec<EnsureReply>>,
+    /// Deleted devices: no session of theirs starts again in this process.
+    removed: HashSet<String>,
 }
-
-type EnsureReply = RpcReplyPort<Result<ActorRef<DeviceMsg>, String>>;
 
 /// Messages of a tenant supervisor.
 pub enum TenantMsg {
     /// The running session of this device, started if needed.
     Ensure(DeviceRecord, EnsureReply),
-    /// The session is idle and draining; hand it out no more.
+    /// The session is idle and stopping; hand it out no more.
     Stopping(String),
     /// The supervised sessions.
     Children(RpcReplyPort<Vec<ChildInfo>>),
     /// Operator action: stop the device's running session (its clients see 1012) and
     /// start it again, counting a restart. Answers false when no session is running.
     Restart(String, RpcReplyPort<bool>),
+    /// The device is being deleted: stop its session for good (its clients are closed
+    /// with 4410) and answer once it has stopped.
+    Remove(String, RpcReplyPort<()>),
+    /// A failed session's backoff is over: start it again.
+    RestartDue(String),
 }
 
 impl TenantState {
@@ -83,7 +108,8 @@ impl TenantState {
         myself: &ActorRef<TenantMsg>,
         device: DeviceRecord,
         restarts: u32,
-    ) -> Result<ActorRef<DeviceMsg>, String> {
+        history: RestartHistory,
+    ) -> Result<ActorRef<DeviceMsg>, EnsureError> {
         let gauge = Arc::new(SessionGauge::default());
         let args = DeviceArgs {
             env: self.env.clone(),
@@ -91,24 +117,55 @@ impl TenantState {
             tenant: myself.clone(),
             gauge: gauge.clone(),
         };
-        let (actor, _) = Actor::spawn_linked(None, DeviceSession, args, myself.get_cell())
-            .await
-            .map_err(|e| e.to_string())?;
+        let spawned = Actor::spawn_linked(None, DeviceSession, args, myself.get_cell()).await;
+        let actor = match spawned {
+            Ok((actor, _)) => actor,
+            Err(e) => {
+                tracing::error!(device_id = %device.id, error = %e, "device session failed to start");
+                self.slots.remove(&device.id);
+                return Err(EnsureError::Unavailable);
+            }
+        };
         self.env.directory.register(&device.id, actor.clone());
         self.by_actor.insert(actor.get_id(), device.id.clone());
         self.slots.insert(
             device.id.clone(),
             Slot {
-                actor: actor.clone(),
+                actor: Some(actor.clone()),
                 device,
                 stopping: false,
                 restarts,
+                history,
                 started: Instant::now(),
                 gauge,
                 restart_requested: false,
+                removing: Vec::new(),
             },
         );
         Ok(actor)
+    }
+
+    /// Starts a session again and answers everyone waiting for it.
+    async fn respawn(&mut self, myself: &ActorRef<TenantMsg>, device_id: &str) {
+        let Some(slot) = self.slots.remove(device_id) else {
+            return;
+        };
+        let started = self
+            .spawn(myself, slot.device, slot.restarts, slot.history)
+            .await;
+        for reply in self.waiting.remove(device_id).unwrap_or_default() {
+            let _ = reply.send(started.clone());
+        }
+    }
+
+    fn answer_waiters(
+        &mut self,
+        device_id: &str,
+        answer: Result<ActorRef<DeviceMsg>, EnsureError>,
+    ) {
+        for reply in self.waiting.remove(device_id).unwrap_or_default() {
+            let _ = reply.send(answer.clone());
+        }
     }
 }
 
@@ -129,6 +186,7 @@ impl Actor for TenantSupervisor {
             slots: HashMap::new(),
             by_actor: HashMap::new(),
             waiting: HashMap::new(),
+            removed: HashSet::new(),
         })
     }
 
@@ -140,24 +198,25 @@ impl Actor for TenantSupervisor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             TenantMsg::Ensure(device, reply) => {
-                if device.tenant_id != state.tenant_id {
-                    let _ = reply.send(Err("device of another tenant".into()));
+                if device.tenant_id != state.tenant_id || state.removed.contains(&device.id) {
+                    let _ = reply.send(Err(EnsureError::Gone));
                     return Ok(());
                 }
                 match state.slots.get(&device.id) {
-                    Some(slot) if !slot.stopping => {
-                        let _ = reply.send(Ok(slot.actor.clone()));
+                    Some(Slot {
+                        actor: Some(actor),
+                        stopping: false,
+                        ..
+                    }) => {
+                        let _ = reply.send(Ok(actor.clone()));
                     }
-                    Some(_) => {
-                        // Started again once the draining one has stopped (seq safety).
-                        state
-                            .waiting
-                            .entry(device.id.clone())
-                            .or_default()
-                            .push((device, reply));
-                    }
+                    // Stopping, or waiting out a restart backoff: started (again) once
+                    // the old one has stopped (one session per device at a time).
+                    Some(_) => state.waiting.entry(device.id).or_default().push(reply),
                     None => {
-                        let started = state.spawn(&myself, device, 0).await;
+                        let started = state
+                            .spawn(&myself, device, 0, RestartHistory::default())
+                            .await;
                         let _ = reply.send(started);
                     }
                 }
@@ -171,14 +230,16 @@ impl Actor for TenantSupervisor {
                 let mut out: Vec<ChildInfo> = state
                     .slots
                     .iter()
-                    .map(|(id, s)| ChildInfo {
-                        device_id: id.clone(),
-                        address: s.device.address.clone(),
-                        restarts: s.restarts,
-                        uptime_secs: s.started.elapsed().as_secs(),
-                        actor: s.actor.clone(),
-                        gauge: s.gauge.clone(),
-                        stopping: s.stopping,
+                    .filter_map(|(id, s)| {
+                        Some(ChildInfo {
+                            device_id: id.clone(),
+                            address: s.device.address.clone(),
+                            restarts: s.restarts,
+                            uptime_secs: s.started.elapsed().as_secs(),
+                            actor: s.actor.clone()?,
+                            gauge: s.gauge.clone(),
+                            stopping: s.stopping,
+                        })
                     })
                     .collect();
                 out.sort_by(|a, b| a.address.cmp(&b.address));
@@ -189,17 +250,56 @@ impl Actor for TenantSupervisor {
                     let _ = reply.send(false);
                     return Ok(());
                 };
+                let Some(actor) = slot.actor.clone() else {
+                    let _ = reply.send(false);
+                    return Ok(());
+                };
                 if !slot.restart_requested {
                     slot.restart_requested = true;
                     slot.stopping = true;
                     state
                         .env
                         .directory
-                        .unregister(&device_id, &slot.actor.get_cell());
-                    slot.actor
-                        .stop(Some("restart requested by an operator".into()));
+                        .unregister(&device_id, &actor.get_cell());
+                    actor.stop(Some("restart requested by an operator".into()));
                 }
                 let _ = reply.send(true);
+            }
+            TenantMsg::Remove(device_id, reply) => {
+                state.removed.insert(device_id.clone());
+                state.answer_waiters(&device_id, Err(EnsureError::Gone));
+                match state.slots.get_mut(&device_id) {
+                    Some(slot) => match slot.actor.clone() {
+                        Some(actor) => {
+                            slot.removing.push(reply);
+                            slot.stopping = true;
+                            state
+                                .env
+                                .directory
+                                .unregister(&device_id, &actor.get_cell());
+                            // The kick is handled before the stop takes effect.
+                            let _ =
+                                actor.cast(DeviceMsg::Kick(protocol::error::close::DEVICE_DELETED));
+                            let _ = actor.drain();
+                        }
+                        None => {
+                            state.slots.remove(&device_id);
+                            let _ = reply.send(());
+                        }
+                    },
+                    None => {
+                        let _ = reply.send(());
+                    }
+                }
+            }
+            TenantMsg::RestartDue(device_id) => {
+                let due = state
+                    .slots
+                    .get(&device_id)
+                    .is_some_and(|s| s.actor.is_none());
+                if due && !state.removed.contains(&device_id) {
+                    state.respawn(&myself, &device_id).await;
+                }
             }
         }
         Ok(())
@@ -220,29 +320,52 @@ impl Actor for TenantSupervisor {
             return Ok(());
         };
         state.env.directory.unregister(&device_id, &cell);
-        let Some(slot) = state.slots.remove(&device_id) else {
+        let Some(slot) = state.slots.get_mut(&device_id) else {
             return Ok(());
         };
-        let waiters = state.waiting.remove(&device_id).unwrap_or_default();
+        if slot.actor.as_ref().map(|a| a.get_id()) != Some(cell.get_id()) {
+            return Ok(());
+        }
+        slot.actor = None;
+        if !slot.removing.is_empty() || state.removed.contains(&device_id) {
+            if let Some(slot) = state.slots.remove(&device_id) {
+                for reply in slot.removing {
+                    let _ = reply.send(());
+                }
+            }
+            state.answer_waiters(&device_id, Err(EnsureError::Gone));
+            return Ok(());
+        }
         if let Some(reason) = failure {
-            tracing::error!(%device_id, tenant_id = %state.tenant_id, %reason, "device session failed; restarting it");
             Stats::inc(&state.env.stats.session_restarts);
             state.env.stats.metrics.restarts_session.increment(1);
-            let restarted = state.spawn(&myself, slot.device, slot.restarts + 1).await;
-            for (_, reply) in waiters {
-                let _ = reply.send(restarted.clone());
+            let policy = state.env.settings.restart_policy;
+            match slot.history.record(&policy) {
+                Decision::Escalate => {
+                    tracing::error!(%device_id, tenant_id = %state.tenant_id, %reason, failures = slot.history.recent(), "device session keeps failing; escalating");
+                    state.slots.remove(&device_id);
+                    state.answer_waiters(&device_id, Err(EnsureError::Unavailable));
+                    return Err(format!(
+                        "device session {device_id} failed more than {} times in {:?}",
+                        policy.max_restarts, policy.period
+                    )
+                    .into());
+                }
+                Decision::RestartAfter(delay) => {
+                    tracing::error!(%device_id, tenant_id = %state.tenant_id, %reason, delay_ms = delay.as_millis() as u64, "device session failed; restarting it");
+                    slot.restarts += 1;
+                    let id = device_id.clone();
+                    myself.send_after(delay, move || TenantMsg::RestartDue(id));
+                }
             }
         } else if slot.restart_requested {
             tracing::info!(%device_id, tenant_id = %state.tenant_id, "device session restarted by an operator");
-            let restarted = state.spawn(&myself, slot.device, slot.restarts + 1).await;
-            for (_, reply) in waiters {
-                let _ = reply.send(restarted.clone());
-            }
-        } else if let Some((device, _)) = waiters.first() {
-            let restarted = state.spawn(&myself, device.clone(), slot.restarts).await;
-            for (_, reply) in waiters {
-                let _ = reply.send(restarted.clone());
-            }
+            slot.restarts += 1;
+            state.respawn(&myself, &device_id).await;
+        } else if state.waiting.contains_key(&device_id) {
+            state.respawn(&myself, &device_id).await;
+        } else {
+            state.slots.remove(&device_id);
         }
         Ok(())
     }

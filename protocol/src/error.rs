@@ -20,6 +20,8 @@ pub enum ErrorCode {
     Conflict,
     /// The request or frame is over a size limit.
     TooLarge,
+    /// The request body is not JSON (`Content-Type` other than `application/json`).
+    UnsupportedMediaType,
     /// Over a rate budget; retry after `retry_after_ms`.
     RateLimited,
     /// The server cannot serve this now (restarting, storage failing); retry.
@@ -38,6 +40,7 @@ impl ErrorCode {
             ErrorCode::NotFound => "not_found",
             ErrorCode::Conflict => "conflict",
             ErrorCode::TooLarge => "too_large",
+            ErrorCode::UnsupportedMediaType => "unsupported_media_type",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
@@ -53,6 +56,7 @@ impl ErrorCode {
             ErrorCode::NotFound => 404,
             ErrorCode::Conflict => 409,
             ErrorCode::TooLarge => 413,
+            ErrorCode::UnsupportedMediaType => 415,
             ErrorCode::RateLimited => 429,
             ErrorCode::Unavailable => 503,
             ErrorCode::Internal => 500,
@@ -71,8 +75,10 @@ pub mod close {
     pub const TOO_LARGE: u16 = 1009;
     /// The server (or this device's session) is restarting: reconnect and `sync`.
     pub const RESTARTING: u16 = 1012;
-    /// The device token expired or the device was deleted.
+    /// The device token expired while connected.
     pub const TOKEN_EXPIRED: u16 = 4401;
+    /// The device was deleted: do not reconnect with its tokens.
+    pub const DEVICE_DELETED: u16 = 4410;
     /// The client stopped reading and its outbound buffer filled.
     pub const TOO_SLOW: u16 = 4408;
     /// The client sent no frame and answered no ping within the heartbeat window.

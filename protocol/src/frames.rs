@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::error::ErrorCode;
-use crate::validate::{is_e164, MAX_CLIENT_ID_LEN};
+use crate::validate::{bounded, check_body, is_e164, quoted, MAX_CLIENT_ID_LEN};
 
 /// Sending priority; each tier has its own rate budget.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
@@ -52,14 +52,26 @@ impl Priority {
     }
 }
 
-/// Receipt kinds a recipient reports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Receipt kinds a recipient reports, in the order a message goes through them:
+/// a status only ever moves forward (`delivered` < `read`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum ReceiptStatus {
     /// The message reached the device.
     Delivered,
     /// The user read it.
     Read,
+}
+
+impl ReceiptStatus {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReceiptStatus::Delivered => "delivered",
+            ReceiptStatus::Read => "read",
+        }
+    }
 }
 
 /// Typing indicator states.
@@ -89,7 +101,10 @@ impl Target {
                 if is_e164(&to) {
                     Ok(Target::To(to))
                 } else {
-                    Err(format!("`to` must be an E.164 address, got {to:?}"))
+                    Err(format!(
+                        "`to` must be an E.164 address, got {}",
+                        quoted(&to)
+                    ))
                 }
             }
             (None, Some(group)) if !group.is_empty() && group.len() <= 64 => {
@@ -186,7 +201,7 @@ impl ClientFrame {
         let raw: RawClientFrame = serde_json::from_str(text).map_err(|e| FrameError {
             id: salvage_id(text),
             code: ErrorCode::BadRequest,
-            message: format!("invalid frame: {e}"),
+            message: bounded(format!("invalid frame: {e}")),
         })?;
         let id = raw.id.clone().filter(|i| i.len() <= MAX_CLIENT_ID_LEN);
         raw.into_frame().map_err(|message| FrameError {
@@ -198,10 +213,15 @@ impl ClientFrame {
 }
 
 /// Reads `id` out of a frame that did not decode, so the error can still be matched.
+/// Only `id` is read: every other field is skipped unparsed (no number range, no depth
+/// limit), so a bad field elsewhere never loses the id.
 fn salvage_id(text: &str) -> Option<String> {
-    let value: serde_json::Value = serde_json::from_str(text).ok()?;
-    let id = value.get("id")?.as_str()?;
-    (id.len() <= MAX_CLIENT_ID_LEN).then(|| id.to_owned())
+    #[derive(Deserialize)]
+    struct IdOnly {
+        id: Option<String>,
+    }
+    let id = serde_json::from_str::<IdOnly>(text).ok()?.id?;
+    (id.len() <= MAX_CLIENT_ID_LEN).then_some(id)
 }
 
 impl RawClientFrame {
@@ -221,10 +241,14 @@ impl RawClientFrame {
                 if !body.get().starts_with('{') {
                     return Err("`body` must be a JSON object".into());
                 }
+                check_body(body.get())?;
                 let priority = match self.priority.as_deref() {
                     None => Priority::Normal,
                     Some(p) => Priority::parse(p).ok_or_else(|| {
-                        format!("`priority` must be critical, high, normal or low, got {p:?}")
+                        format!(
+                            "`priority` must be critical, high, normal or low, got {}",
+                            quoted(p)
+                        )
                     })?,
                 };
                 Ok(ClientFrame::Send {
@@ -271,7 +295,7 @@ impl RawClientFrame {
                 })
             }
             "ping" => Ok(ClientFrame::Ping { id: self.id }),
-            other => Err(format!("unknown frame type {other:?}")),
+            other => Err(format!("unknown frame type {}", quoted(other))),
         }
     }
 }
@@ -355,7 +379,9 @@ pub enum ServerFrame<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         retry_after_ms: Option<u64>,
     },
-    /// A recipient reported a receipt for a message this device sent.
+    /// A recipient reported a receipt for a message this device sent. Statuses are
+    /// stored in the sender's inbox: `seq` is the status's position there, and `sync`
+    /// lists it among the messages (see [`StatusRef`]).
     Status {
         /// The message.
         message_id: &'a str,
@@ -365,6 +391,8 @@ pub enum ServerFrame<'a> {
         by: &'a str,
         /// When the server got the receipt.
         ts: i64,
+        /// Position in the sender's inbox.
+        seq: u64,
     },
     /// Someone is typing to this device.
     Typing {
@@ -455,12 +483,68 @@ impl MessageRef<'_> {
     }
 }
 
-/// Encodes a page of messages: the WS `messages` frame when `frame_id` is `Some`
-/// (or `ws` is true), else the REST history body.
+/// A stored status (a recipient's receipt for a message the inbox owner sent), as
+/// `sync` and history list it: the same JSON as the live `status` frame.
+#[derive(Debug, Clone, Copy)]
+pub struct StatusRef<'a> {
+    /// The message reported on.
+    pub message_id: &'a str,
+    /// Position in the sender's inbox.
+    pub seq: u64,
+    /// When the receipt came (Unix ms).
+    pub ts: i64,
+    /// Delivered or read.
+    pub status: ReceiptStatus,
+    /// The reporting recipient's address.
+    pub by: &'a str,
+}
+
+impl StatusRef<'_> {
+    /// This status's `status` frame.
+    pub fn encode(&self) -> String {
+        ServerFrame::Status {
+            message_id: self.message_id,
+            status: self.status,
+            by: self.by,
+            ts: self.ts,
+            seq: self.seq,
+        }
+        .encode()
+    }
+}
+
+/// One entry of an inbox page: a message or a status, each at its seq.
+#[derive(Debug, Clone, Copy)]
+pub enum PageItem<'a> {
+    /// A message sent or received.
+    Message(MessageRef<'a>),
+    /// A status of a message the owner sent.
+    Status(StatusRef<'a>),
+}
+
+impl PageItem<'_> {
+    /// The entry's seq.
+    pub fn seq(&self) -> u64 {
+        match self {
+            PageItem::Message(m) => m.seq,
+            PageItem::Status(s) => s.seq,
+        }
+    }
+
+    fn encode_into(&self, out: &mut String) {
+        match self {
+            PageItem::Message(m) => m.encode_into(out),
+            PageItem::Status(s) => out.push_str(&s.encode()),
+        }
+    }
+}
+
+/// Encodes a page of inbox entries: the WS `messages` frame when `ws` is true (with
+/// `frame_id` echoed), else the REST history body.
 pub fn encode_page(
     ws: bool,
     frame_id: Option<&str>,
-    items: &[MessageRef<'_>],
+    items: &[PageItem<'_>],
     next_after_seq: u64,
     more: bool,
 ) -> String {

@@ -6,11 +6,13 @@
 
 pub mod error;
 pub mod frames;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod rest;
 pub mod validate;
 
 pub use error::ErrorCode;
 pub use frames::{
-    encode_page, ClientFrame, FrameError, MessageItem, MessageRef, Priority, ReceiptStatus,
-    ServerFrame, Target, TypingState,
+    encode_page, ClientFrame, FrameError, MessageItem, MessageRef, PageItem, Priority,
+    ReceiptStatus, ServerFrame, StatusRef, Target, TypingState,
 };

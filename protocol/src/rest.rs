@@ -193,6 +193,52 @@ pub struct MessagePage {
     pub more: bool,
 }
 
+/// Where one recipient's copy of a message is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub enum DeliveryStatus {
+    /// Stored in the recipient's inbox.
+    Sent,
+    /// The recipient reported it delivered.
+    Delivered,
+    /// The recipient reported it read.
+    Read,
+}
+
+/// One recipient of a message and how far the message got with it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RecipientStatus {
+    /// The recipient device.
+    pub device_id: String,
+    /// Its address (absent if the device was deleted since).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub address: Option<String>,
+    /// The copy's seq in the recipient's inbox.
+    pub seq: u64,
+    /// Sent, delivered or read (only ever forward).
+    pub status: DeliveryStatus,
+    /// When the recipient reported it delivered (Unix ms).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub delivered_at: Option<i64>,
+    /// When the recipient reported it read (Unix ms).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub read_at: Option<i64>,
+}
+
+/// `GET /v1/devices/{id}/messages/{message_id}` answer: the message as it sits in that
+/// device's inbox, and its status with each recipient (all of them when the device
+/// sent it; the device itself when it received it).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct MessageStatus {
+    /// The message.
+    pub message: MessageItem,
+    /// Per recipient, ordered by device id.
+    pub recipients: Vec<RecipientStatus>,
+}
+
 /// Default page size for `sync` and history.
 pub const DEFAULT_PAGE: u32 = 100;
 /// Largest page size for `sync` and history.

@@ -3,8 +3,8 @@
 
 use serde_json::{json, Value};
 use switchboard_protocol::{
-    encode_page, ClientFrame, ErrorCode, MessageItem, MessageRef, Priority, ReceiptStatus,
-    ServerFrame, Target, TypingState,
+    encode_page, ClientFrame, ErrorCode, MessageItem, MessageRef, PageItem, Priority,
+    ReceiptStatus, ServerFrame, StatusRef, Target, TypingState,
 };
 
 fn parse(s: &str) -> Value {
@@ -49,10 +49,11 @@ fn server_frames() {
         status: ReceiptStatus::Read,
         by: "+15550002",
         ts: 9,
+        seq: 12,
     };
     assert_eq!(
         parse(&status.encode()),
-        json!({"type":"status","message_id":"m1","status":"read","by":"+15550002","ts":9})
+        json!({"type":"status","message_id":"m1","status":"read","by":"+15550002","ts":9,"seq":12})
     );
     let typing = ServerFrame::Typing {
         from: "+15550002",
@@ -87,11 +88,27 @@ fn message_frames_and_pages() {
     assert_eq!(item.seq, 4);
     assert_eq!(item.body.get(), r#"{"text":"hi \"there\""}"#);
 
-    let ws = encode_page(true, Some("s1"), &[m], 4, true);
+    let status = StatusRef {
+        message_id: "m0",
+        seq: 5,
+        ts: 1001,
+        status: ReceiptStatus::Delivered,
+        by: "+15550002",
+    };
+    let ws = encode_page(
+        true,
+        Some("s1"),
+        &[PageItem::Message(m), PageItem::Status(status)],
+        5,
+        true,
+    );
+    let status_json = json!({"type":"status","message_id":"m0","status":"delivered","by":"+15550002","ts":1001,"seq":5});
     assert_eq!(
         parse(&ws),
-        json!({"type":"messages","id":"s1","items":[expected.clone()],"next_after_seq":4,"more":true})
+        json!({"type":"messages","id":"s1","items":[expected.clone(), status_json],"next_after_seq":5,"more":true})
     );
+    // Statuses move only forward.
+    assert!(ReceiptStatus::Delivered < ReceiptStatus::Read);
     let rest = encode_page(false, None, &[], 0, false);
     assert_eq!(
         parse(&rest),
@@ -208,6 +225,12 @@ fn error_table() {
         (ErrorCode::NotFound, "not_found", 404, false),
         (ErrorCode::Conflict, "conflict", 409, false),
         (ErrorCode::TooLarge, "too_large", 413, false),
+        (
+            ErrorCode::UnsupportedMediaType,
+            "unsupported_media_type",
+            415,
+            false,
+        ),
         (ErrorCode::RateLimited, "rate_limited", 429, true),
         (ErrorCode::Unavailable, "unavailable", 503, true),
     ] {

@@ -112,8 +112,10 @@ pub async fn get_tree(
 
 fn sse_frame(tree: Result<tree::Tree, ApiError>) -> Bytes {
     match tree.and_then(|t| {
-        serde_json::to_string(&t)
-            .map_err(|e| ApiError::new(protocol::ErrorCode::Internal, e.to_string()))
+        serde_json::to_string(&t).map_err(|e| {
+            tracing::error!(error = %e, "encoding the admin tree");
+            ApiError::new(protocol::ErrorCode::Internal, "could not encode the tree")
+        })
     }) {
         Ok(json) => Bytes::from(format!("data: {json}\n\n")),
         Err(e) => Bytes::from(format!(

@@ -258,8 +258,10 @@ pub async fn build(state: &AppState, query: &TreeQuery) -> Result<Tree, ApiError
     let root_reply_us = t0.elapsed().as_micros() as u64;
     let running = ractor::call_t!(root, RootMsg::Tenants, CALL_TIMEOUT.as_millis() as u64)
         .map_err(|_| unavailable("root"))?;
-    let (registered, counts) =
-        tokio::join!(state.env.store.list_tenants(), state.sqlite.device_counts());
+    let (registered, counts) = tokio::join!(
+        state.env.store.list_tenants(),
+        state.env.store.device_counts()
+    );
     let registered = registered?;
     let counts = counts?;
 

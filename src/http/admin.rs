@@ -4,11 +4,11 @@ use actix_web::{post, web, HttpResponse};
 use actors::clock::now_ms;
 use actors::device::DeviceMsg;
 use actors::store::TenantRecord;
+use credentials::{hash_key, random_secret};
 use protocol::rest::{CreateTenant, TenantCreated};
 
 use crate::auth::AdminAuth;
 use crate::error::ApiError;
-use crate::secrets::{hash_key, random_secret};
 use crate::state::AppState;
 
 /// `POST /admin/tenants`: creates a tenant and shows its API key once.
@@ -18,7 +18,7 @@ use crate::state::AppState;
 pub async fn create_tenant(
     _: AdminAuth,
     state: web::Data<AppState>,
-    body: web::Json<CreateTenant>,
+    body: crate::http::body::ApiJson<CreateTenant>,
 ) -> Result<HttpResponse, ApiError> {
     let name = body.name.trim();
     if name.is_empty() || name.len() > 200 {
@@ -60,4 +60,77 @@ pub async fn inject_panic(
         .cast(DeviceMsg::InjectPanic)
         .map_err(|_| ApiError::new(protocol::ErrorCode::Unavailable, "session not running"))?;
     Ok(HttpResponse::Accepted().finish())
+}
+
+/// Query of `POST /admin/test/devices/{id}/start-panics`.
+#[derive(Debug, serde::Deserialize)]
+pub struct StartPanics {
+    times: u32,
+    /// Instead: panic at every this many accepted rows (`times` times).
+    #[serde(default)]
+    every_rows: Option<u64>,
+}
+
+/// `POST /admin/test/devices/{id}/start-panics?times=N`: the next N starts of the
+/// device's session panic (a crash loop), and its running session panics now; with
+/// `&every_rows=K`, instead its session panics at every K-th row it accepts, N times.
+/// Exists only when `test_hooks` is enabled (404 otherwise).
+#[post("/admin/test/devices/{id}/start-panics")]
+pub async fn inject_start_panics(
+    _: AdminAuth,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    q: web::Query<StartPanics>,
+) -> Result<HttpResponse, ApiError> {
+    let Some(faults) = state.env.test_faults() else {
+        return Err(ApiError::not_found("no such route"));
+    };
+    if let Some(every) = q.every_rows {
+        faults.panic_every_rows(&path, every, q.times);
+        return Ok(HttpResponse::Accepted().finish());
+    }
+    faults.panic_on_start(&path, q.times);
+    if let Some(session) = state.env.directory.running(&path) {
+        let _ = session.cast(DeviceMsg::InjectPanic);
+    }
+    Ok(HttpResponse::Accepted().finish())
+}
+
+/// `POST /admin/test/store` body: which store faults to inject.
+#[derive(Debug, serde::Deserialize)]
+pub struct StoreFaults {
+    /// Every store call fails (true) or works again (false).
+    #[serde(default)]
+    down: Option<bool>,
+    /// Each group commit waits this long first.
+    #[serde(default)]
+    commit_delay_ms: Option<u64>,
+    /// Inbox rows of this device fail (with `fail: true`) or work again.
+    #[serde(default)]
+    device: Option<String>,
+    #[serde(default)]
+    fail: Option<bool>,
+}
+
+/// `POST /admin/test/store`: injects store faults. Exists only when `test_hooks` is
+/// enabled (404 otherwise).
+#[post("/admin/test/store")]
+pub async fn inject_store_faults(
+    _: AdminAuth,
+    state: web::Data<AppState>,
+    body: crate::http::body::ApiJson<StoreFaults>,
+) -> Result<HttpResponse, ApiError> {
+    let Some(faults) = &state.store_faults else {
+        return Err(ApiError::not_found("no such route"));
+    };
+    if let Some(down) = body.down {
+        faults.set_down(down);
+    }
+    if let Some(ms) = body.commit_delay_ms {
+        faults.set_commit_delay(ms);
+    }
+    if let Some(device) = &body.device {
+        faults.set_failing_device(device, body.fail.unwrap_or(true));
+    }
+    Ok(HttpResponse::NoContent().finish())
 }

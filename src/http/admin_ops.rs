@@ -101,6 +101,7 @@ pub async fn cache_stats(_: AdminAuth, state: web::Data<AppState>) -> HttpRespon
 
 /// Query of `GET /admin/db/stats`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct DbStatsQuery {
     /// Slow operations of the last this many hours (default 24).
     pub hours: Option<u64>,

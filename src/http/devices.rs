@@ -4,6 +4,7 @@ use actix_web::{delete, get, post, put, web, HttpResponse};
 use actors::clock::now_ms;
 use actors::device::DeviceMsg;
 use actors::store::DeviceRecord;
+use credentials::DeviceClaims;
 use protocol::rest::{
     Contacts, CreateDevice, CreateToken, Device, DeviceList, TokenCreated, Upserted,
     MAX_CONTACTS_PER_CALL,
@@ -11,8 +12,9 @@ use protocol::rest::{
 use protocol::ErrorCode;
 use serde::Deserialize;
 
+use super::body::{ApiJson, ContactsLimit, OptionalJson};
 use super::check_address;
-use crate::auth::{DeviceClaims, TenantAuth};
+use crate::auth::TenantAuth;
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -67,7 +69,7 @@ pub async fn device_view(state: &AppState, d: DeviceRecord) -> Device {
 pub async fn create_device(
     tenant: TenantAuth,
     state: web::Data<AppState>,
-    body: web::Json<CreateDevice>,
+    body: ApiJson<CreateDevice>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     check_address("address", &body.address)?;
@@ -155,8 +157,9 @@ pub async fn get_device(
     Ok(HttpResponse::Ok().json(device_view(&state, device).await))
 }
 
-/// `DELETE /v1/devices/{id}`: removes a device, its inbox and contacts; its clients
-/// are disconnected (4401) and its tokens stop working.
+/// `DELETE /v1/devices/{id}`: removes a device. Its session stops for good (its
+/// clients are closed with 4410), nothing is written to its inbox afterwards, its
+/// inbox and contacts are deleted, its queued jobs cancelled, and its tokens refused.
 #[utoipa::path(delete, path = "/v1/devices/{id}", tag = "devices",
     params(("id" = String, Path, description = "device id")),
     responses((status = 204), (status = 404, body = protocol::error::ErrorBody)))]
@@ -167,14 +170,15 @@ pub async fn delete_device(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let device = owned_device(&state, &tenant, &id).await?;
-    state.env.store.delete_device(&device.id).await?;
-    state
-        .env
-        .directory
+    let env = &state.env;
+    // No session of the device runs or starts from here on: rows for it are refused.
+    env.directory.remove(&device).await?;
+    // What its last session queued is durable, so it is deleted with the rest.
+    env.persistence.barrier(&device.id).await;
+    env.store.delete_device(&device.id, now_ms()).await?;
+    env.directory
         .forget_address(&device.tenant_id, &device.address);
-    if let Some(session) = state.env.directory.running(&device.id) {
-        let _ = session.cast(DeviceMsg::Kick(protocol::error::close::TOKEN_EXPIRED));
-    }
+    tracing::info!(device_id = %device.id, tenant_id = %device.tenant_id, "device deleted");
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -188,10 +192,11 @@ pub async fn create_token(
     tenant: TenantAuth,
     state: web::Data<AppState>,
     id: web::Path<String>,
-    body: Option<web::Json<CreateToken>>,
+    body: OptionalJson<CreateToken>,
 ) -> Result<HttpResponse, ApiError> {
     let device = owned_device(&state, &tenant, &id).await?;
     let ttl = body
+        .0
         .and_then(|b| b.ttl_secs)
         .unwrap_or(state.config.token_ttl_secs);
     if ttl == 0 || ttl > MAX_TOKEN_TTL_SECS {
@@ -227,8 +232,9 @@ pub struct ContactsQuery {
 #[utoipa::path(put, path = "/v1/devices/{id}/contacts", tag = "contacts",
     params(("id" = String, Path, description = "device id"),
            ("async" = Option<bool>, Query, description = "run as a background job")),
-    request_body = Contacts,
+    request_body(content = Contacts, description = "at most `max_contacts_bytes` (16 MiB by default); over 10,000 contacts run as a job"),
     responses((status = 200, body = Upserted),
+              (status = 413, body = protocol::error::ErrorBody, description = "over the byte limit"),
               (status = 202, description = "`{\"job_id\"}`: queued as a background job")))]
 #[put("/v1/devices/{id}/contacts")]
 pub async fn put_contacts(
@@ -236,7 +242,7 @@ pub async fn put_contacts(
     state: web::Data<AppState>,
     id: web::Path<String>,
     q: web::Query<ContactsQuery>,
-    body: web::Json<Contacts>,
+    body: ApiJson<Contacts, ContactsLimit>,
 ) -> Result<HttpResponse, ApiError> {
     let device = owned_device(&state, &tenant, &id).await?;
     let contacts = body.into_inner().contacts;

@@ -1,11 +1,14 @@
 //! Groups: a named set of addresses in one tenant.
 
+use std::sync::Arc;
+
 use actix_web::{delete, get, post, web, HttpResponse};
 use actors::clock::now_ms;
-use actors::store::GroupRecord;
+use actors::store::{GroupRecord, StoreError};
 use protocol::rest::{CreateGroup, Group, GroupMembers, MAX_GROUP_MEMBERS};
 use protocol::ErrorCode;
 
+use super::body::ApiJson;
 use super::check_address;
 use crate::auth::TenantAuth;
 use crate::error::ApiError;
@@ -20,10 +23,21 @@ fn view(g: GroupRecord) -> Group {
     }
 }
 
-fn normalize(members: Vec<String>) -> Result<Vec<String>, ApiError> {
+fn check_members(members: &[String]) -> Result<(), ApiError> {
+    if members.len() > MAX_GROUP_MEMBERS {
+        return Err(ApiError::new(
+            ErrorCode::TooLarge,
+            format!("a group has at most {MAX_GROUP_MEMBERS} members"),
+        ));
+    }
     for (i, m) in members.iter().enumerate() {
         check_address(&format!("members[{i}]"), m)?;
     }
+    Ok(())
+}
+
+fn normalize(members: Vec<String>) -> Result<Vec<String>, ApiError> {
+    check_members(&members)?;
     let mut members = members;
     members.sort();
     members.dedup();
@@ -63,7 +77,7 @@ async fn owned_group(
 pub async fn create_group(
     tenant: TenantAuth,
     state: web::Data<AppState>,
-    body: web::Json<CreateGroup>,
+    body: ApiJson<CreateGroup>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     let name = body.name.trim().to_owned();
@@ -76,6 +90,7 @@ pub async fn create_group(
         name,
         members: normalize(body.members)?,
         created_at: now_ms(),
+        version: 0,
     };
     state.env.store.create_group(group.clone()).await?;
     Ok(HttpResponse::Created().json(view(group)))
@@ -94,31 +109,38 @@ pub async fn get_group(
     Ok(HttpResponse::Ok().json(view(owned_group(&state, &tenant, &id).await?)))
 }
 
-/// `POST /v1/groups/{id}/members`: adds members.
+/// `POST /v1/groups/{id}/members`: adds members, atomically (concurrent adds are all
+/// kept); the change is visible to the next send at once.
 #[utoipa::path(post, path = "/v1/groups/{id}/members", tag = "groups",
     params(("id" = String, Path, description = "group id")),
-    request_body = GroupMembers, responses((status = 200, body = Group)))]
+    request_body = GroupMembers, responses((status = 200, body = Group),
+        (status = 413, body = protocol::error::ErrorBody, description = "over 1024 members")))]
 #[post("/v1/groups/{id}/members")]
 pub async fn add_members(
     tenant: TenantAuth,
     state: web::Data<AppState>,
     id: web::Path<String>,
-    body: web::Json<GroupMembers>,
+    body: ApiJson<GroupMembers>,
 ) -> Result<HttpResponse, ApiError> {
-    let mut group = owned_group(&state, &tenant, &id).await?;
-    let mut members = group.members.clone();
-    members.extend(body.into_inner().members);
-    group.members = normalize(members)?;
-    state
+    let group = owned_group(&state, &tenant, &id).await?;
+    let added = body.into_inner().members;
+    check_members(&added)?;
+    let updated = state
         .env
         .store
-        .set_group_members(&group.id, &group.members)
-        .await?;
-    state.env.directory.forget_group(&group.id);
-    Ok(HttpResponse::Ok().json(view(group)))
+        .add_group_members(&group.id, &added, MAX_GROUP_MEMBERS)
+        .await
+        .map_err(|e| match e {
+            StoreError::Limit(m) => ApiError::new(ErrorCode::TooLarge, m),
+            other => other.into(),
+        })?
+        .ok_or_else(|| ApiError::not_found(format!("no group {id}")))?;
+    state.env.directory.group_changed(Arc::new(updated.clone()));
+    Ok(HttpResponse::Ok().json(view(updated)))
 }
 
-/// `DELETE /v1/groups/{id}/members/{address}`: removes a member.
+/// `DELETE /v1/groups/{id}/members/{address}`: removes a member, atomically; it gets
+/// nothing sent to the group after this answer.
 #[utoipa::path(delete, path = "/v1/groups/{id}/members/{address}", tag = "groups",
     params(("id" = String, Path, description = "group id"),
            ("address" = String, Path, description = "member address")),
@@ -130,17 +152,16 @@ pub async fn remove_member(
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (id, address) = path.into_inner();
-    let mut group = owned_group(&state, &tenant, &id).await?;
-    let before = group.members.len();
-    group.members.retain(|m| *m != address);
-    if group.members.len() == before {
-        return Err(ApiError::not_found(format!("{address} is not a member")));
-    }
-    state
+    let group = owned_group(&state, &tenant, &id).await?;
+    let (updated, removed) = state
         .env
         .store
-        .set_group_members(&group.id, &group.members)
-        .await?;
-    state.env.directory.forget_group(&group.id);
-    Ok(HttpResponse::Ok().json(view(group)))
+        .remove_group_member(&group.id, &address)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no group {id}")))?;
+    if !removed {
+        return Err(ApiError::not_found(format!("{address} is not a member")));
+    }
+    state.env.directory.group_changed(Arc::new(updated.clone()));
+    Ok(HttpResponse::Ok().json(view(updated)))
 }

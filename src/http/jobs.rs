@@ -1,19 +1,24 @@
 //! Bulk sends and job control: `POST /v1/messages/bulk`, `GET|DELETE /v1/jobs/{id}`,
 //! `POST /v1/jobs/{id}/retry`.
 //!
-//! A bulk call is validated whole (errors name the offending index), then every job is
-//! stored in one transaction before the 202 answer, so an accepted job survives a crash.
-//! The dispatcher (see `actors::dispatcher`) is woken and drains them.
+//! A bulk call is bounded in bytes (`max_bulk_bytes`) and validated whole (errors name
+//! the offending index), then every job is stored in one transaction before the 202
+//! answer, so an accepted job survives a crash. A campaign's body is stored once and
+//! every job points at it: 100,000 recipients cost 100,000 small job rows, not 100,000
+//! copies of the body. Ranks are fair across tenants (`actors::jobs::FairRanker`). The
+//! dispatcher (see `actors::dispatcher`) is woken and drains them.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use actix_web::{delete, get, post, web, HttpResponse};
 use actors::clock::now_ms;
-use actors::jobs::{rank, JobKind, JobRecord, JobState};
+use actors::jobs::{rank, FairRanker, JobBody, JobKind, JobRecord, JobState, SharedBody};
 use protocol::{ErrorCode, Priority};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use super::body::{ApiJson, BulkLimit};
 use super::check_address;
 use crate::auth::TenantAuth;
 use crate::error::ApiError;
@@ -154,7 +159,8 @@ pub fn new_job_id() -> String {
     format!("j_{}", ulid::Ulid::new().to_string().to_lowercase())
 }
 
-/// A new job in `waiting` (or `delayed` when `send_at` is in the future).
+/// A new job in `waiting` (or `delayed` when `send_at` is in the future); its rank is
+/// its due rank until [`fair_ranks`] spaces it behind its tenant's queue.
 #[allow(clippy::too_many_arguments)]
 pub fn new_job(
     state: &AppState,
@@ -164,7 +170,7 @@ pub fn new_job(
     lane: Priority,
     to: Option<String>,
     group: Option<String>,
-    body: String,
+    body: JobBody,
     send_at: Option<i64>,
     now: i64,
 ) -> JobRecord {
@@ -207,9 +213,15 @@ fn parse_priority(field: &str, p: Option<&str>) -> Result<Priority, ApiError> {
     }
 }
 
-fn parse_body(field: &str, b: Option<&RawValue>) -> Result<String, ApiError> {
+fn parse_body(state: &AppState, field: &str, b: Option<&RawValue>) -> Result<String, ApiError> {
     match b {
-        Some(raw) if raw.get().starts_with('{') => Ok(raw.get().to_owned()),
+        Some(raw) if raw.get().starts_with('{') => {
+            super::messages::check_body_size(state, raw.get())
+                .map_err(|e| ApiError::new(e.code, format!("`{field}`: {}", e.message)))?;
+            protocol::validate::check_body(raw.get())
+                .map_err(|e| ApiError::bad_request(format!("`{field}`: {e}")))?;
+            Ok(raw.get().to_owned())
+        }
         _ => Err(ApiError::bad_request(format!(
             "`{field}` must be a JSON object"
         ))),
@@ -230,12 +242,18 @@ struct Parsed {
     device: String,
     to: Option<String>,
     group: Option<String>,
-    body: String,
+    body: JobBody,
     lane: Priority,
     send_at: Option<i64>,
 }
 
-fn parse_bulk(req: BulkRequest) -> Result<Vec<Parsed>, ApiError> {
+/// The validated messages of a bulk call, and the body they share (campaign form).
+struct ParsedBulk {
+    messages: Vec<Parsed>,
+    shared: Option<Arc<str>>,
+}
+
+fn parse_bulk(state: &AppState, req: BulkRequest) -> Result<ParsedBulk, ApiError> {
     check_send_at("send_at", req.send_at)?;
     if let Some(messages) = req.messages {
         if req.device.is_some() || req.to.is_some() || req.body.is_some() {
@@ -254,8 +272,9 @@ fn parse_bulk(req: BulkRequest) -> Result<Vec<Parsed>, ApiError> {
         }
         let mut out = Vec::with_capacity(messages.len());
         for (i, raw) in messages.iter().enumerate() {
-            let item: BulkItem = serde_json::from_str(raw.get())
-                .map_err(|e| ApiError::bad_request(format!("messages[{i}]: {e}")))?;
+            let item: BulkItem = serde_json::from_str(raw.get()).map_err(|e| {
+                ApiError::bad_request(protocol::validate::bounded(format!("messages[{i}]: {e}")))
+            })?;
             let device = item
                 .device
                 .ok_or_else(|| ApiError::bad_request(format!("messages[{i}].device is missing")))?;
@@ -273,7 +292,7 @@ fn parse_bulk(req: BulkRequest) -> Result<Vec<Parsed>, ApiError> {
                     )))
                 }
             }
-            let body = parse_body(&format!("messages[{i}].body"), item.body.as_deref())?;
+            let body = parse_body(state, &format!("messages[{i}].body"), item.body.as_deref())?;
             let lane =
                 parse_priority(&format!("messages[{i}].priority"), item.priority.as_deref())?;
             check_send_at(&format!("messages[{i}].send_at"), item.send_at)?;
@@ -281,12 +300,15 @@ fn parse_bulk(req: BulkRequest) -> Result<Vec<Parsed>, ApiError> {
                 device,
                 to: item.to,
                 group: item.group,
-                body,
+                body: JobBody::Inline(body),
                 lane,
                 send_at: item.send_at.or(req.send_at),
             });
         }
-        return Ok(out);
+        return Ok(ParsedBulk {
+            messages: out,
+            shared: None,
+        });
     }
     let device = req
         .device
@@ -306,7 +328,8 @@ fn parse_bulk(req: BulkRequest) -> Result<Vec<Parsed>, ApiError> {
             format!("at most {MAX_CAMPAIGN_RECIPIENTS} recipients per campaign"),
         ));
     }
-    let body = parse_body("body", req.body.as_deref())?;
+    let body: Arc<str> = parse_body(state, "body", req.body.as_deref())?.into();
+    let body_id = format!("b_{}", ulid::Ulid::new().to_string().to_lowercase());
     let lane = parse_priority("priority", req.priority.as_deref())?;
     let mut out = Vec::with_capacity(to.len());
     for (i, address) in to.into_iter().enumerate() {
@@ -315,27 +338,55 @@ fn parse_bulk(req: BulkRequest) -> Result<Vec<Parsed>, ApiError> {
             device: device.clone(),
             to: Some(address),
             group: None,
-            body: body.clone(),
+            body: JobBody::Shared(body_id.clone()),
             lane,
             send_at: req.send_at,
         });
     }
-    Ok(out)
+    Ok(ParsedBulk {
+        messages: out,
+        shared: Some(body),
+    })
+}
+
+/// Spaces new jobs behind their tenant's queue in each lane (see [`FairRanker`]).
+async fn fair_ranks(
+    state: &AppState,
+    tenant_id: &str,
+    jobs: &mut [JobRecord],
+) -> Result<(), ApiError> {
+    let spacing = state.env.settings.queue_fair_spacing_ms;
+    for lane in Priority::ALL {
+        if !jobs.iter().any(|j| j.lane == lane) {
+            continue;
+        }
+        let tail = state.env.store.queue_tail(tenant_id, lane).await?;
+        let mut ranker = FairRanker::new(tail, spacing);
+        for job in jobs.iter_mut().filter(|j| j.lane == lane) {
+            job.rank = ranker.next(job.rank);
+        }
+    }
+    Ok(())
 }
 
 /// `POST /v1/messages/bulk`: queues messages; answers 202 with one job id per message
 /// once every job is durable.
-#[utoipa::path(post, path = "/v1/messages/bulk", tag = "jobs", request_body = BulkRequest,
+#[utoipa::path(post, path = "/v1/messages/bulk", tag = "jobs",
+    request_body(content = BulkRequest, description = "at most `max_bulk_bytes` (16 MiB by default), 10,000 messages or 100,000 campaign recipients; each body at most `max_message_bytes` (64 KiB)"),
     responses((status = 202, body = BulkAccepted),
               (status = 400, body = protocol::error::ErrorBody, description = "names the offending index"),
+              (status = 413, body = protocol::error::ErrorBody, description = "over a byte or item limit"),
               (status = 403, body = protocol::error::ErrorBody, description = "a device of another tenant")))]
 #[post("/v1/messages/bulk")]
 pub async fn bulk_send(
     tenant: TenantAuth,
     state: web::Data<AppState>,
-    body: web::Json<BulkRequest>,
+    body: ApiJson<BulkRequest, BulkLimit>,
 ) -> Result<HttpResponse, ApiError> {
-    let parsed = parse_bulk(body.into_inner())?;
+    let ParsedBulk {
+        messages: parsed,
+        shared,
+    } = parse_bulk(&state, body.into_inner())?;
     // Each distinct device is checked once: exists, and belongs to the caller.
     let mut owner: HashMap<&str, usize> = HashMap::new();
     for (i, p) in parsed.iter().enumerate() {
@@ -359,7 +410,15 @@ pub async fn bulk_send(
         }
     }
     let now = now_ms();
-    let jobs: Vec<JobRecord> = parsed
+    let bodies: Vec<SharedBody> = match (&shared, parsed.first().map(|p| &p.body)) {
+        (Some(body), Some(JobBody::Shared(id))) => vec![SharedBody {
+            id: id.clone(),
+            tenant_id: tenant.0.clone(),
+            body: body.clone(),
+        }],
+        _ => Vec::new(),
+    };
+    let mut jobs: Vec<JobRecord> = parsed
         .into_iter()
         .map(|p| {
             new_job(
@@ -376,8 +435,9 @@ pub async fn bulk_send(
             )
         })
         .collect();
+    fair_ranks(&state, &tenant.0, &mut jobs).await?;
     let job_ids: Vec<String> = jobs.iter().map(|j| j.id.clone()).collect();
-    state.env.store.insert_jobs(jobs).await?;
+    state.env.store.insert_jobs(bodies, jobs).await?;
     state.env.dispatcher.wake();
     Ok(HttpResponse::Accepted().json(BulkAccepted { job_ids }))
 }
@@ -475,8 +535,10 @@ pub async fn enqueue_contacts(
     device: &actors::store::DeviceRecord,
     contacts: &[protocol::rest::Contact],
 ) -> Result<String, ApiError> {
-    let body = serde_json::to_string(contacts)
-        .map_err(|e| ApiError::new(ErrorCode::Internal, format!("encoding contacts: {e}")))?;
+    let body = serde_json::to_string(contacts).map_err(|e| {
+        tracing::error!(error = %e, "encoding contacts");
+        ApiError::new(ErrorCode::Internal, "could not queue the contacts")
+    })?;
     let mut job = new_job(
         state,
         JobKind::Contacts,
@@ -485,13 +547,15 @@ pub async fn enqueue_contacts(
         Priority::Normal,
         None,
         None,
-        body,
+        JobBody::Inline(body),
         None,
         now_ms(),
     );
     job.progress_total = contacts.len() as u64;
     let id = job.id.clone();
-    state.env.store.insert_jobs(vec![job]).await?;
+    let mut jobs = vec![job];
+    fair_ranks(state, &device.tenant_id, &mut jobs).await?;
+    state.env.store.insert_jobs(Vec::new(), jobs).await?;
     state.env.dispatcher.wake();
     Ok(id)
 }

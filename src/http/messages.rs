@@ -1,30 +1,49 @@
-//! Synchronous sends and inbox history.
+//! Synchronous sends, inbox history, and a message's per-recipient status.
 
 use std::sync::Arc;
 
 use actix_web::{get, post, web, HttpResponse};
 use actors::device::{DeviceMsg, Responder, SendRequest};
-use protocol::rest::{MessageAccepted, MessagePage, SendMessage, DEFAULT_PAGE, MAX_PAGE};
-use protocol::{ErrorCode, MessageRef, Priority, Target};
+use actors::store::{InboxRow, MessageRecord, RowKind};
+use protocol::frames::{MessageItem, MessageTag};
+use protocol::rest::{
+    DeliveryStatus, MessageAccepted, MessagePage, MessageStatus, RecipientStatus, SendMessage,
+    DEFAULT_PAGE, MAX_PAGE,
+};
+use protocol::{ErrorCode, MessageRef, PageItem, Priority, ReceiptStatus, StatusRef, Target};
 use serde::Deserialize;
 
+use super::body::ApiJson;
 use super::devices::owned_device;
 use crate::auth::TenantAuth;
 use crate::error::ApiError;
 use crate::state::AppState;
 
+/// Checks a message body against the one body limit of every transport.
+pub fn check_body_size(state: &AppState, body: &str) -> Result<(), ApiError> {
+    let max = state.config.max_message_bytes;
+    if body.len() > max {
+        return Err(ApiError::new(
+            ErrorCode::TooLarge,
+            format!("`body` is over {max} bytes"),
+        ));
+    }
+    Ok(())
+}
+
 /// `POST /v1/devices/{id}/messages`: sends as the device; answers once durable.
 #[utoipa::path(post, path = "/v1/devices/{id}/messages", tag = "messages",
     params(("id" = String, Path, description = "sending device id")),
-    request_body = SendMessage,
+    request_body(content = SendMessage, description = "`body` at most `max_message_bytes` (64 KiB by default)"),
     responses((status = 201, body = MessageAccepted),
+              (status = 413, body = protocol::error::ErrorBody, description = "`body` over the limit"),
               (status = 429, body = protocol::error::ErrorBody, description = "over budget; see Retry-After")))]
 #[post("/v1/devices/{id}/messages")]
 pub async fn send_message(
     tenant: TenantAuth,
     state: web::Data<AppState>,
     id: web::Path<String>,
-    body: web::Json<SendMessage>,
+    body: ApiJson<SendMessage>,
 ) -> Result<HttpResponse, ApiError> {
     let device = owned_device(&state, &tenant, &id).await?;
     let body = body.into_inner();
@@ -32,6 +51,8 @@ pub async fn send_message(
     if !body.body.get().starts_with('{') {
         return Err(ApiError::bad_request("`body` must be a JSON object"));
     }
+    check_body_size(&state, body.body.get())?;
+    protocol::validate::check_body(body.body.get()).map_err(ApiError::bad_request)?;
     if body
         .id
         .as_ref()
@@ -45,6 +66,7 @@ pub async fn send_message(
         target,
         body: Arc::from(body.body.get()),
         priority: body.priority.unwrap_or(Priority::Normal),
+        resume: None,
     };
     state
         .env
@@ -64,7 +86,34 @@ pub struct HistoryQuery {
     limit: Option<u32>,
 }
 
-/// Reads one page of an inbox, encoded as the REST body or a WS `messages` frame.
+/// A message as a page entry at `seq`.
+fn message_ref(m: &MessageRecord, seq: u64) -> MessageRef<'_> {
+    MessageRef {
+        message_id: &m.id,
+        seq,
+        ts: m.ts,
+        from: &m.from,
+        to: m.to.as_deref(),
+        group: m.group.as_deref(),
+        body: &m.body,
+    }
+}
+
+fn page_item(r: &InboxRow) -> PageItem<'_> {
+    match &r.kind {
+        RowKind::Message(m) => PageItem::Message(message_ref(m, r.seq)),
+        RowKind::Status(s) => PageItem::Status(StatusRef {
+            message_id: &s.message_id,
+            seq: r.seq,
+            ts: r.ts,
+            status: s.status,
+            by: &s.by,
+        }),
+    }
+}
+
+/// Reads one page of an inbox (messages and statuses, in seq order), encoded as the
+/// REST body or a WS `messages` frame.
 pub async fn read_page(
     state: &actors::Env,
     device_id: &str,
@@ -85,18 +134,7 @@ pub async fn read_page(
     let more = rows.len() > limit as usize;
     rows.truncate(limit as usize);
     let next = rows.last().map(|r| r.seq).unwrap_or(after_seq);
-    let items: Vec<MessageRef<'_>> = rows
-        .iter()
-        .map(|r| MessageRef {
-            message_id: &r.message_id,
-            seq: r.seq,
-            ts: r.ts,
-            from: &r.from,
-            to: r.to.as_deref(),
-            group: r.group.as_deref(),
-            body: &r.body,
-        })
-        .collect();
+    let items: Vec<PageItem<'_>> = rows.iter().map(page_item).collect();
     Ok(match ws_id {
         Some(id) => protocol::encode_page(true, id, &items, next, more),
         None => protocol::encode_page(false, None, &items, next, more),
@@ -108,7 +146,7 @@ pub async fn read_page(
     params(("id" = String, Path, description = "device id"),
            ("after_seq" = Option<u64>, Query, description = "return seq > after_seq (default 0)"),
            ("limit" = Option<u32>, Query, description = "page size, 1 to 1000 (default 100)")),
-    responses((status = 200, body = MessagePage)))]
+    responses((status = 200, body = MessagePage, description = "messages and statuses, in seq order")))]
 #[get("/v1/devices/{id}/messages")]
 pub async fn history(
     tenant: TenantAuth,
@@ -128,4 +166,122 @@ pub async fn history(
     Ok(HttpResponse::Ok()
         .content_type("application/json")
         .body(body))
+}
+
+/// The message `message_id` of `device_id`'s inbox with its per-recipient status.
+async fn message_status(
+    state: &AppState,
+    device_id: &str,
+    message_id: &str,
+) -> Result<MessageStatus, ApiError> {
+    let store = &state.env.store;
+    let row = store
+        .inbox_messages(device_id, &[message_id.to_owned()])
+        .await?
+        .into_iter()
+        .next()
+        .ok_or_else(|| ApiError::not_found(format!("no message {message_id} in this inbox")))?;
+    let RowKind::Message(message) = &row.kind else {
+        return Err(ApiError::not_found(format!(
+            "no message {message_id} in this inbox"
+        )));
+    };
+    let sender = message.sender_device.as_deref();
+    let is_sender = sender == Some(device_id);
+    let copies = store.message_copies(message_id).await?;
+    let statuses = match sender {
+        Some(s) => store.statuses(s, message_id).await?,
+        None => Vec::new(),
+    };
+    let recipients = copies
+        .into_iter()
+        .filter(|c| Some(c.device_id.as_str()) != sender)
+        .filter(|c| is_sender || c.device_id == device_id)
+        .map(|c| {
+            let at = |status: ReceiptStatus| {
+                statuses
+                    .iter()
+                    .filter(|s| s.status == status && Some(&s.by) == c.address.as_ref())
+                    .map(|s| s.ts)
+                    .min()
+            };
+            let (delivered_at, read_at) = (at(ReceiptStatus::Delivered), at(ReceiptStatus::Read));
+            let status = if read_at.is_some() {
+                DeliveryStatus::Read
+            } else if delivered_at.is_some() {
+                DeliveryStatus::Delivered
+            } else {
+                DeliveryStatus::Sent
+            };
+            RecipientStatus {
+                device_id: c.device_id,
+                address: c.address,
+                seq: c.seq,
+                status,
+                delivered_at,
+                read_at,
+            }
+        })
+        .collect();
+    let body = serde_json::value::RawValue::from_string(message.body.to_string()).map_err(|e| {
+        tracing::error!(%message_id, error = %e, "stored body unreadable");
+        ApiError::new(ErrorCode::Internal, "stored body unreadable")
+    })?;
+    Ok(MessageStatus {
+        message: MessageItem {
+            kind: MessageTag::Message,
+            message_id: message.id.to_string(),
+            seq: row.seq,
+            ts: message.ts,
+            from: message.from.to_string(),
+            to: message.to.as_deref().map(str::to_owned),
+            group: message.group.as_deref().map(str::to_owned),
+            body,
+        },
+        recipients,
+    })
+}
+
+/// `GET /v1/devices/{id}/messages/{message_id}`: one message of the device's inbox
+/// with its status per recipient (sent, delivered, read).
+#[utoipa::path(get, path = "/v1/devices/{id}/messages/{message_id}", tag = "messages",
+    params(("id" = String, Path, description = "device id"),
+           ("message_id" = String, Path, description = "message id")),
+    responses((status = 200, body = MessageStatus),
+              (status = 404, body = protocol::error::ErrorBody, description = "not in this inbox")))]
+#[get("/v1/devices/{id}/messages/{message_id}")]
+pub async fn get_message(
+    tenant: TenantAuth,
+    state: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (id, message_id) = path.into_inner();
+    let device = owned_device(&state, &tenant, &id).await?;
+    Ok(HttpResponse::Ok().json(message_status(&state, &device.id, &message_id).await?))
+}
+
+/// `GET /v1/devices/{id}/messages/by-client-id/{client_id}`: the message the device
+/// sent under request id `client_id`, with its status per recipient.
+#[utoipa::path(get, path = "/v1/devices/{id}/messages/by-client-id/{client_id}", tag = "messages",
+    params(("id" = String, Path, description = "sending device id"),
+           ("client_id" = String, Path, description = "the `id` the send carried")),
+    responses((status = 200, body = MessageStatus),
+              (status = 404, body = protocol::error::ErrorBody, description = "no send with that id")))]
+#[get("/v1/devices/{id}/messages/by-client-id/{client_id}")]
+pub async fn get_message_by_client_id(
+    tenant: TenantAuth,
+    state: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (id, client_id) = path.into_inner();
+    let device = owned_device(&state, &tenant, &id).await?;
+    let sent = state
+        .env
+        .store
+        .sends_by_client_id(&device.id, &client_id)
+        .await?
+        .into_iter()
+        .find(|s| s.client_id == client_id)
+        .ok_or_else(|| ApiError::not_found(format!("no send with id {client_id:?}")))?;
+    Ok(HttpResponse::Ok().json(message_status(&state, &device.id, &sent.message_id).await?))
 }

@@ -2,6 +2,8 @@
 
 pub mod admin;
 pub mod admin_ops;
+pub mod body;
+pub mod cors;
 pub mod devices;
 pub mod groups;
 pub mod jobs;
@@ -17,6 +19,8 @@ use crate::error::ApiError;
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(admin::create_tenant)
         .service(admin::inject_panic)
+        .service(admin::inject_start_panics)
+        .service(admin::inject_store_faults)
         .service(devices::create_device)
         .service(devices::list_devices)
         .service(devices::get_device)
@@ -30,6 +34,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(groups::remove_member)
         .service(messages::send_message)
         .service(messages::history)
+        .service(messages::get_message_by_client_id)
+        .service(messages::get_message)
         .service(jobs::bulk_send)
         .service(jobs::get_job)
         .service(jobs::cancel_job)

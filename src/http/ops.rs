@@ -30,6 +30,8 @@ use crate::state::AppState;
         super::groups::remove_member,
         super::messages::send_message,
         super::messages::history,
+        super::messages::get_message,
+        super::messages::get_message_by_client_id,
         super::jobs::bulk_send,
         super::jobs::get_job,
         super::jobs::cancel_job,
@@ -56,7 +58,8 @@ pub async fn openapi_json() -> HttpResponse {
     HttpResponse::Ok().json(ApiDoc::openapi())
 }
 
-/// `GET /health`: liveness and readiness of each dependency; 503 when not ready.
+/// `GET /health`: liveness and readiness of each dependency and of the actor tree
+/// (root, persistence writers, dispatcher); 503 when not ready.
 #[utoipa::path(get, path = "/health", tag = "operations",
     responses((status = 200, description = "ready"), (status = 503, description = "not ready")))]
 #[get("/health")]
@@ -65,18 +68,31 @@ pub async fn health(state: web::Data<AppState>) -> HttpResponse {
     let store = state.env.store.last_seq("__health__").await;
     let store_ms = started.elapsed().as_secs_f64() * 1000.0;
     let shutting_down = *state.shutdown.borrow();
-    let ready = store.is_ok() && !shutting_down;
+    let root = actors::root::alive(&state.root);
+    let writers = state.env.persistence.all_running();
+    let dispatcher = state.env.dispatcher.alive();
+    let tree_ok = root && writers && dispatcher;
+    let ready = store.is_ok() && !shutting_down && tree_ok;
+    if let Err(e) = &store {
+        tracing::warn!(error = %e, "health: store check failed");
+    }
     let body = json!({
         "status": if ready { "ok" } else { "unavailable" },
-        "live": true,
+        "live": root,
         "ready": ready,
         "shutting_down": shutting_down,
         "checks": {
             "store": {
-                "backend": "sqlite",
+                "backend": state.env.store.backend(),
                 "ok": store.is_ok(),
                 "latency_ms": store_ms,
-                "error": store.err().map(|e| e.to_string()),
+                "error": store.err().map(|_| "storage unavailable"),
+            },
+            "actors": {
+                "ok": tree_ok,
+                "root": root,
+                "writers": writers,
+                "dispatcher": dispatcher,
             }
         },
         "sessions": state.env.directory.running_count(),

@@ -1,3 +1,4 @@
 //! Backends implementing the actor crate's `Store` trait.
 
+pub mod hooked;
 pub mod sqlite;

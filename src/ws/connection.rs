@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use actix_ws::{AggregatedMessage, CloseCode, CloseReason, Session};
 use actors::conn::{next_conn_id, CloseSignal, ConnHandle, Frame, Progress};
-use actors::device::{routing, DeviceMsg, Responder, SendRequest};
+use actors::device::{routing, Attached, DeviceMsg, Responder, SendRequest};
+use actors::limits::{Control, ControlBudgets};
 use actors::store::DeviceRecord;
 use protocol::error::close;
 use protocol::{ClientFrame, ErrorCode, ServerFrame};
@@ -23,6 +24,8 @@ pub struct Connection {
     device: DeviceRecord,
     token_exp_s: u64,
     id: u64,
+    /// Counts this connection against its client IP's limit until dropped.
+    _slot: super::guard::OpenSlot,
 }
 
 /// How the reader loop ended.
@@ -35,12 +38,18 @@ enum End {
 
 impl Connection {
     /// A connection for an authenticated device.
-    pub fn new(state: Arc<AppState>, device: DeviceRecord, token_exp_s: u64) -> Self {
+    pub fn new(
+        state: Arc<AppState>,
+        device: DeviceRecord,
+        token_exp_s: u64,
+        slot: super::guard::OpenSlot,
+    ) -> Self {
         Connection {
             state,
             device,
             token_exp_s,
             id: next_conn_id(),
+            _slot: slot,
         }
     }
 
@@ -67,12 +76,12 @@ impl Connection {
             .aggregate_continuations()
             .max_continuation_size(max);
         let (tx, rx) = mpsc::channel::<Frame>(self.state.env.settings.outbound_buffer);
-        let signal = Arc::new(CloseSignal::default());
         let progress = Arc::new(Progress::default());
-        let Some((device_ref, last_seq)) = self.attach(&tx, &signal, &progress).await else {
+        let Some((device_ref, attached, signal)) = self.attach(&tx, &progress).await else {
             close_with(session, close::RESTARTING, "server restarting").await;
             return;
         };
+        let last_seq = attached.last_seq;
         let ready = ServerFrame::Ready {
             device_id: &self.device.id,
             tenant_id: &self.device.tenant_id,
@@ -90,7 +99,14 @@ impl Connection {
         tracing::debug!(last_seq, "connected");
         let writer = actix_web::rt::spawn(write_frames(session.clone(), rx, progress));
         let end = self
-            .read_frames(&mut session, &mut stream, &device_ref, &tx, &signal)
+            .read_frames(
+                &mut session,
+                &mut stream,
+                &device_ref,
+                &tx,
+                &signal,
+                &attached.budgets,
+            )
             .await;
         writer.abort();
         let _ = device_ref.cast(DeviceMsg::Detach(self.id));
@@ -107,12 +123,14 @@ impl Connection {
         }
     }
 
+    /// Attaches to the device's session; retries while sessions stop and start. Each
+    /// try has its own close signal: a handle dropped unhandled (its session stopped
+    /// first) closes only that try's signal, never the connection that attaches next.
     async fn attach(
         &self,
         tx: &mpsc::Sender<Frame>,
-        signal: &Arc<CloseSignal>,
         progress: &Arc<Progress>,
-    ) -> Option<(ActorRef<DeviceMsg>, u64)> {
+    ) -> Option<(ActorRef<DeviceMsg>, Attached, Arc<CloseSignal>)> {
         for _ in 0..5 {
             let device_ref = self
                 .state
@@ -121,9 +139,10 @@ impl Connection {
                 .session(&self.device.id)
                 .await
                 .ok()?;
+            let signal = Arc::new(CloseSignal::default());
             let handle = ConnHandle::new(self.id, tx.clone(), signal.clone(), progress.clone());
             match ractor::call!(device_ref, DeviceMsg::Attach, handle) {
-                Ok(Ok(last_seq)) => return Some((device_ref, last_seq)),
+                Ok(Ok(attached)) => return Some((device_ref, attached, signal)),
                 // The session is draining: the supervisor starts a fresh one.
                 _ => tokio::time::sleep(Duration::from_millis(20)).await,
             }
@@ -138,6 +157,7 @@ impl Connection {
         device_ref: &ActorRef<DeviceMsg>,
         tx: &mpsc::Sender<Frame>,
         signal: &CloseSignal,
+        budgets: &ControlBudgets,
     ) -> End {
         let heartbeat = Duration::from_millis(self.state.config.heartbeat_ms.max(10));
         let mut ticker = tokio::time::interval(heartbeat);
@@ -168,7 +188,7 @@ impl Connection {
                     match msg {
                         Some(Ok(AggregatedMessage::Text(text))) => {
                             crate::metrics::ws().frames_in.increment(1);
-                            if let Err(end) = self.on_text(&text, device_ref, tx).await {
+                            if let Err(end) = self.on_text(&text, device_ref, tx, budgets).await {
                                 return end;
                             }
                         }
@@ -209,8 +229,9 @@ impl Connection {
         text: &str,
         device_ref: &ActorRef<DeviceMsg>,
         tx: &mpsc::Sender<Frame>,
+        budgets: &ControlBudgets,
     ) -> Result<(), End> {
-        let Some(frame) = self.answer(text, device_ref).await else {
+        let Some(frame) = self.answer(text, device_ref, budgets).await else {
             return Ok(());
         };
         // A direct answer waits for room in the buffer, as long as a reader may stall.
@@ -223,11 +244,40 @@ impl Connection {
 
     /// Acts on one text frame; returns the frame to answer with directly, if any
     /// (acks come later from the device session).
-    async fn answer(&self, text: &str, device_ref: &ActorRef<DeviceMsg>) -> Option<Frame> {
+    async fn answer(
+        &self,
+        text: &str,
+        device_ref: &ActorRef<DeviceMsg>,
+        budgets: &ControlBudgets,
+    ) -> Option<Frame> {
         let frame = match ClientFrame::decode(text) {
             Ok(f) => f,
             Err(e) => return Some(error_frame(e.id.as_deref(), e.code, &e.message, None)),
         };
+        // Receipts, typing and sync have budgets of their own, per device.
+        let control = match &frame {
+            ClientFrame::Receipt {
+                id, message_ids, ..
+            } => Some((id, Control::Receipt, message_ids.len())),
+            ClientFrame::Typing { id, .. } => Some((id, Control::Typing, 1)),
+            ClientFrame::Sync { id, .. } => Some((id, Control::Sync, 1)),
+            _ => None,
+        };
+        if let Some((id, what, n)) = control {
+            let n = u32::try_from(n).unwrap_or(u32::MAX);
+            if let Err(wait) = budgets.take(what, n) {
+                let e = actors::device::SendError::rate_limited(
+                    &format!("{} budget for this device", control_name(what)),
+                    wait,
+                );
+                return Some(error_frame(
+                    id.as_deref(),
+                    e.code,
+                    &e.message,
+                    e.retry_after_ms,
+                ));
+            }
+        }
         let env = &self.state.env;
         match frame {
             ClientFrame::Send {
@@ -236,11 +286,15 @@ impl Connection {
                 body,
                 priority,
             } => {
+                if let Err(e) = crate::http::messages::check_body_size(&self.state, body.get()) {
+                    return Some(error_frame(id.as_deref(), e.code, &e.message, None));
+                }
                 let req = SendRequest {
                     client_id: id.clone(),
                     target,
                     body: Arc::from(body.get()),
                     priority,
+                    resume: None,
                 };
                 let cast = device_ref.cast(DeviceMsg::Send(req, Responder::Conn(self.id)));
                 cast.is_err().then(|| {
@@ -283,6 +337,14 @@ impl Connection {
     }
 }
 
+fn control_name(what: Control) -> &'static str {
+    match what {
+        Control::Receipt => "receipt",
+        Control::Typing => "typing",
+        Control::Sync => "sync",
+    }
+}
+
 fn error_frame(
     id: Option<&str>,
     code: ErrorCode,
@@ -302,7 +364,8 @@ fn error_frame(
 fn close_reason(code: u16) -> &'static str {
     match code {
         close::TOO_SLOW => "too slow: outbound buffer full",
-        close::TOKEN_EXPIRED => "token expired or device deleted",
+        close::TOKEN_EXPIRED => "token expired",
+        close::DEVICE_DELETED => "device deleted",
         close::KICKED => "disconnected by an operator",
         close::TOO_LARGE => "frame too large",
         _ => "server restarting",

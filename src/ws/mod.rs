@@ -2,6 +2,7 @@
 //! task attached to the device's session.
 
 mod connection;
+pub mod guard;
 
 use actix_web::{get, web, HttpRequest, HttpResponse};
 use serde::Deserialize;
@@ -16,7 +17,8 @@ pub struct WsQuery {
 }
 
 /// `GET /v1/ws?token=<device token>`: 401 without upgrade on a missing, bad or expired
-/// token or a deleted device.
+/// token or a deleted device; 403 for an `Origin` not allowed; 429 over the per-IP
+/// connection or handshake limit.
 #[get("/v1/ws")]
 pub async fn upgrade(
     req: HttpRequest,
@@ -24,6 +26,29 @@ pub async fn upgrade(
     state: web::Data<AppState>,
     q: web::Query<WsQuery>,
 ) -> Result<HttpResponse, ApiError> {
+    let origin = req
+        .headers()
+        .get(actix_web::http::header::ORIGIN)
+        .and_then(|o| o.to_str().ok());
+    let ip = req
+        .peer_addr()
+        .map(|a| a.ip())
+        .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+    let slot = state.ip_limits.admit(ip, origin).map_err(|r| match r {
+        guard::Refusal::Origin => {
+            ApiError::new(protocol::ErrorCode::Forbidden, "origin not allowed")
+        }
+        guard::Refusal::Connections(n) => ApiError {
+            code: protocol::ErrorCode::RateLimited,
+            message: format!("at most {n} open connections per client address"),
+            retry_after_ms: Some(1000),
+        },
+        guard::Refusal::Rate(wait) => ApiError {
+            code: protocol::ErrorCode::RateLimited,
+            message: "too many handshakes from this client address".into(),
+            retry_after_ms: Some(wait.as_millis().max(1) as u64),
+        },
+    })?;
     let token = q
         .token
         .as_deref()
@@ -44,7 +69,7 @@ pub async fn upgrade(
     }
     let (response, session, stream) = actix_ws::handle(&req, body)
         .map_err(|e| ApiError::bad_request(format!("WebSocket upgrade failed: {e}")))?;
-    let conn = connection::Connection::new(state.into_inner(), device, claims.exp);
+    let conn = connection::Connection::new(state.into_inner(), device, claims.exp, slot);
     // A child of the request's span, so the connection's logs carry its request id.
     let span = tracing::info_span!(
         "ws",

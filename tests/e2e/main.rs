@@ -4,16 +4,24 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod abuse;
 mod admin_page;
 mod admin_tree;
 mod bulk;
+mod consistency;
+mod device_delete;
+mod groups;
 mod isolation;
 mod jobs;
+mod limits;
 mod ops;
 mod process;
+mod receipts;
 mod recovery;
 mod resilience;
 mod rest;
+mod security;
 mod smoke;
+mod supervision;
 mod ws;
 mod ws_errors;

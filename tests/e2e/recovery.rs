@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use actors::store::InboxEntry;
+use actors::store::{InboxRow, MessageRecord, RowKind};
 use serde_json::json;
 
 use crate::common::TestServer;
@@ -19,20 +19,26 @@ async fn resend_after_restart_completes_a_half_written_send() {
 
     // What a kill leaves behind: A's own copy of an unacked send, nothing in B's inbox.
     let store = server.running.as_ref().unwrap().state.env.store.clone();
-    store
-        .commit_inbox(Arc::new(vec![InboxEntry {
+    let message = Arc::new(MessageRecord {
+        id: "m_interrupted".into(),
+        sender_device: Some(a.id.as_str().into()),
+        from: a.address.as_str().into(),
+        to: Some(b.address.as_str().into()),
+        group: None,
+        body: r#"{"text":"half written"}"#.into(),
+        ts: 1_700_000_000_000,
+    });
+    let outcomes = store
+        .commit_rows(Arc::new(vec![InboxRow {
             device_id: a.id.as_str().into(),
             seq: 1,
-            message_id: "m_interrupted".into(),
-            ts: 1_700_000_000_000,
-            from: a.address.as_str().into(),
-            to: Some(b.address.as_str().into()),
-            group: None,
-            body: r#"{"text":"half written"}"#.into(),
+            kind: RowKind::Message(message.clone()),
+            ts: message.ts,
             client_id: Some("c-crash".into()),
         }]))
         .await
         .unwrap();
+    assert!(outcomes.iter().all(Result::is_ok));
 
     // A's session starts now and finds the request id in the store.
     let mut wa = t.connect(&a).await;
@@ -76,24 +82,30 @@ async fn resend_after_restart_of_a_complete_send_changes_nothing() {
     let a = t.device().await;
     let b = t.device().await;
     let store = server.running.as_ref().unwrap().state.env.store.clone();
-    let row = |device: &str, seq: u64, client: Option<&str>| InboxEntry {
-        device_id: device.into(),
-        seq,
-        message_id: "m_done".into(),
-        ts: 1_700_000_000_000,
+    let message = Arc::new(MessageRecord {
+        id: "m_done".into(),
+        sender_device: Some(a.id.as_str().into()),
         from: a.address.as_str().into(),
         to: Some(b.address.as_str().into()),
         group: None,
         body: r#"{"n":1}"#.into(),
+        ts: 1_700_000_000_000,
+    });
+    let row = |device: &str, seq: u64, client: Option<&str>| InboxRow {
+        device_id: device.into(),
+        seq,
+        kind: RowKind::Message(message.clone()),
+        ts: message.ts,
         client_id: client.map(Into::into),
     };
-    store
-        .commit_inbox(Arc::new(vec![
+    let outcomes = store
+        .commit_rows(Arc::new(vec![
             row(&a.id, 1, Some("c-done")),
             row(&b.id, 1, None),
         ]))
         .await
         .unwrap();
+    assert!(outcomes.iter().all(Result::is_ok));
     let mut wa = t.connect(&a).await;
     let mut wb = t.connect(&b).await;
     let ack = wa.send_to("c-done", &b.address, json!({"n": 1})).await;

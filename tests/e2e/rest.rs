@@ -1113,8 +1113,8 @@ async fn bad_json_and_unknown_routes_answer_json_errors() {
         Some(&valid),
     )
     .await;
-    assert_eq!(status, 400, "{answer}");
-    assert_error(&answer, "bad_request");
+    assert_eq!(status, 415, "{answer}");
+    assert_error(&answer, "unsupported_media_type");
 
     let (status, _, answer) = raw(&server, post.clone(), "/v1/devices", key, None, None).await;
     assert_eq!(status, 400, "no body: {answer}");

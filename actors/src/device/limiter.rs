@@ -20,12 +20,12 @@ impl TierLimiter {
         }
     }
 
-    /// Takes one token of `priority`'s budget, or says how long until one is free.
-    pub fn check(&mut self, priority: Priority) -> Result<(), Duration> {
-        self.tiers[priority.index()].try_take()
+    /// Takes `cost` units of `priority`'s budget, or says how long until they are free.
+    pub fn check(&mut self, priority: Priority, cost: u32) -> Result<(), Duration> {
+        self.tiers[priority.index()].try_take(cost)
     }
 
-    /// Gives back the token of a send refused by a later budget.
+    /// Gives back the units of a send refused by a later budget.
     pub fn refund(&mut self, priority: Priority) {
         self.tiers[priority.index()].refund();
     }
@@ -39,12 +39,15 @@ mod tests {
     fn each_tier_has_its_own_budget() {
         let mut l = TierLimiter::new([2, 2, 3, 1]);
         for _ in 0..3 {
-            assert!(l.check(Priority::Normal).is_ok());
+            assert!(l.check(Priority::Normal, 1).is_ok());
         }
-        let wait = l.check(Priority::Normal).expect_err("over budget");
+        let wait = l.check(Priority::Normal, 1).expect_err("over budget");
         assert!(wait > Duration::from_secs(50) && wait <= Duration::from_secs(60));
-        assert!(l.check(Priority::Critical).is_ok());
-        assert!(l.check(Priority::Low).is_ok());
-        assert!(l.check(Priority::Low).is_err());
+        assert!(l.check(Priority::Critical, 1).is_ok());
+        assert!(l.check(Priority::Low, 1).is_ok());
+        assert!(l.check(Priority::Low, 1).is_err());
+        // A group send costs its fan-out.
+        assert!(l.check(Priority::High, 2).is_ok());
+        assert!(l.check(Priority::High, 1).is_err());
     }
 }

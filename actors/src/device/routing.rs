@@ -1,17 +1,15 @@
 //! Who a message, typing indicator or receipt goes to.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use protocol::{ErrorCode, ReceiptStatus, ServerFrame, Target, TypingState};
 
+use super::receipts::{ReceiptBatch, ReceiptNote};
 use super::{DeviceMsg, SendError};
 use crate::clock::now_ms;
-use crate::store::{DeviceRecord, StoreError};
+use crate::store::{DeviceRecord, RowKind};
 use crate::Env;
-
-fn store_err(e: StoreError) -> SendError {
-    SendError::new(ErrorCode::Unavailable, e.to_string())
-}
 
 /// Device ids a send from `sender` to `target` lands in, the sender excluded.
 pub async fn recipients(
@@ -28,7 +26,7 @@ pub async fn recipients(
                 .directory
                 .resolve(&sender.tenant_id, address)
                 .await
-                .map_err(store_err)?
+                .map_err(|e| SendError::storage(&e))?
             {
                 Some(id) => Ok(vec![id]),
                 None => Err(SendError::new(
@@ -38,7 +36,11 @@ pub async fn recipients(
             }
         }
         Target::Group(group_id) => {
-            let group = env.directory.group(group_id).await.map_err(store_err)?;
+            let group = env
+                .directory
+                .group(group_id)
+                .await
+                .map_err(|e| SendError::storage(&e))?;
             let Some(group) = group.filter(|g| g.tenant_id == sender.tenant_id) else {
                 return Err(SendError::new(
                     ErrorCode::NotFound,
@@ -57,7 +59,7 @@ pub async fn recipients(
                     .directory
                     .resolve(&sender.tenant_id, member)
                     .await
-                    .map_err(store_err)?
+                    .map_err(|e| SendError::storage(&e))?
                 {
                     out.push(id);
                 }
@@ -92,45 +94,59 @@ pub async fn typing(
     Ok(())
 }
 
-/// Reports receipts for messages in `reader`'s inbox to each message's sender.
-/// Ids not in the reader's inbox are ignored.
+/// Hands receipts for messages in `reader`'s inbox to each message's sender session
+/// (started if needed: a status is stored even while the sender is offline). Ids not
+/// in the reader's inbox, and the reader's own messages, are ignored.
 pub async fn receipts(
-    env: &Env,
+    env: &Arc<Env>,
     reader: &DeviceRecord,
     message_ids: &[String],
     status: ReceiptStatus,
 ) -> Result<(), SendError> {
     let ts = now_ms();
-    for message_id in message_ids {
-        let Some(entry) = env
-            .store
-            .inbox_entry(&reader.id, message_id)
-            .await
-            .map_err(store_err)?
-        else {
+    let rows = env
+        .store
+        .inbox_messages(&reader.id, message_ids)
+        .await
+        .map_err(|e| SendError::storage(&e))?;
+    let by: Arc<str> = reader.address.as_str().into();
+    let mut per_sender: HashMap<String, Vec<ReceiptNote>> = HashMap::new();
+    for row in rows {
+        let RowKind::Message(message) = row.kind else {
             continue;
         };
-        if *entry.from == *reader.address {
+        if *message.from == *reader.address {
             continue;
         }
-        let Some(sender_id) = env
-            .directory
-            .resolve(&reader.tenant_id, &entry.from)
-            .await
-            .map_err(store_err)?
-        else {
-            continue;
+        let sender = match &message.sender_device {
+            Some(s) => s.to_string(),
+            None => match env
+                .directory
+                .resolve(&reader.tenant_id, &message.from)
+                .await
+            {
+                Ok(Some(id)) => id,
+                Ok(None) => continue,
+                Err(e) => return Err(SendError::storage(&e)),
+            },
         };
-        let frame: Arc<str> = ServerFrame::Status {
-            message_id,
+        per_sender.entry(sender).or_default().push(ReceiptNote {
+            message_id: message.id.clone(),
             status,
-            by: &reader.address,
+            by: by.clone(),
             ts,
+        });
+    }
+    for (sender, notes) in per_sender {
+        let batch = ReceiptBatch::new(env, &sender, notes);
+        // A batch that cannot be routed now is delivered again by its guard.
+        if let Err(e) = env
+            .directory
+            .deliver(&sender, DeviceMsg::Receipts(batch))
+            .await
+        {
+            tracing::debug!(device_id = %sender, error = %e, "receipts not routed yet");
         }
-        .encode()
-        .into();
-        env.directory
-            .deliver_if_running(&sender_id, DeviceMsg::Push(frame));
     }
     Ok(())
 }

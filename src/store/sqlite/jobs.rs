@@ -4,52 +4,66 @@
 //! waiting jobs" and `jobs_delayed (not_before)` serves "delayed jobs whose time came",
 //! so the dispatcher spends two indexed queries per batch of up to a thousand jobs,
 //! never a scan. Lane depths (`/admin/tree`, `/metrics`, every second) are one grouped
-//! COUNT over the covering partial index `jobs_pending_lane (lane, state)`. All three
-//! are partial (only waiting or delayed rows), so active and finished jobs cost no index
-//! upkeep. Every outcome update is guarded by `state = 'active'`, so a cancelled or
-//! requeued job is never overwritten by a stale worker.
+//! COUNT over the covering partial index `jobs_pending_lane (lane, state)`. The other
+//! partial indexes serve one query each: `jobs_tail` the tenant's queue tail (fair
+//! ranks), `jobs_device_pending` cancelling a deleted device's jobs, `jobs_finished`
+//! pruning, `jobs_body_ref` dropping shared bodies no job needs. Every outcome update is
+//! guarded by `state = 'active'`, so a cancelled or requeued job is never overwritten by
+//! a stale worker.
+//!
+//! A campaign's body is one row of `job_bodies`, pointed at by `body_ref`; pruned jobs
+//! are added to `job_totals` so the queue statistics keep counting them.
+
+use std::collections::HashMap;
+use std::sync::Arc;
 
 use actors::jobs::{
-    lane_from_index, lane_index, JobKind, JobRecord, JobState, JobUpdate, QueueCount,
+    lane_from_index, lane_index, JobBody, JobKind, JobRecord, JobState, JobUpdate, QueueCount,
+    SharedBody,
 };
-use actors::store::{AcceptedSend, StoreResult};
+use actors::store::{StoreError, StoreResult};
 use protocol::Priority;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
-use super::{limit_i64, unavailable, SqliteStore};
-
-/// Schema of the jobs table, created idempotently at open.
-pub(super) const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS jobs (
-    id TEXT PRIMARY KEY,
-    kind TEXT NOT NULL,
-    tenant_id TEXT NOT NULL,
-    device_id TEXT NOT NULL,
-    lane INTEGER NOT NULL,
-    state TEXT NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    target_to TEXT,
-    target_group TEXT,
-    body TEXT NOT NULL,
-    message_id TEXT,
-    error TEXT,
-    send_at INTEGER,
-    not_before INTEGER NOT NULL,
-    rank INTEGER NOT NULL,
-    created_at INTEGER NOT NULL,
-    updated_at INTEGER NOT NULL,
-    progress_done INTEGER NOT NULL DEFAULT 0,
-    progress_total INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS jobs_waiting ON jobs (rank) WHERE state = 'waiting';
-CREATE INDEX IF NOT EXISTS jobs_delayed ON jobs (not_before) WHERE state = 'delayed';
-CREATE INDEX IF NOT EXISTS jobs_pending_lane ON jobs (lane, state) WHERE state IN ('waiting', 'delayed');
-CREATE INDEX IF NOT EXISTS inbox_job_send ON inbox (client_id) WHERE client_id GLOB 'j_*';
-";
+use super::{limit_i64, unavailable};
 
 const JOB_COLUMNS: &str = "id, kind, tenant_id, device_id, lane, state, attempts, target_to, \
      target_group, body, message_id, error, send_at, not_before, rank, created_at, updated_at, \
-     progress_done, progress_total";
+     progress_done, progress_total, body_ref";
+
+/// A job by id.
+pub const GET_JOB: &str = "SELECT id, kind, tenant_id, device_id, lane, state, attempts, \
+     target_to, target_group, body, message_id, error, send_at, not_before, rank, created_at, \
+     updated_at, progress_done, progress_total, body_ref FROM jobs WHERE id = ?1";
+/// A shared body.
+pub const JOB_BODY: &str = "SELECT body FROM job_bodies WHERE id = ?1";
+/// The tail of a tenant's lane.
+pub const QUEUE_TAIL: &str = "SELECT MAX(rank) FROM jobs INDEXED BY jobs_tail \
+     WHERE tenant_id = ?1 AND lane = ?2 AND state = 'waiting'";
+/// Delayed jobs that came due.
+pub const PROMOTE_DUE: &str = "UPDATE jobs SET state = 'waiting' WHERE rowid IN \
+     (SELECT rowid FROM jobs INDEXED BY jobs_delayed \
+      WHERE state = 'delayed' AND not_before <= ?1)";
+/// Lane depths.
+pub const LANE_DEPTHS: &str = "SELECT lane, COUNT(*) FROM jobs INDEXED BY jobs_pending_lane \
+     WHERE state IN ('waiting', 'delayed') GROUP BY lane";
+/// Live job counts.
+pub const COUNTS: &str =
+    "SELECT tenant_id, lane, state, COUNT(*) FROM jobs GROUP BY tenant_id, lane, state";
+/// Counts of pruned jobs.
+pub const TOTALS: &str = "SELECT tenant_id, lane, state, count FROM job_totals";
+/// Finished jobs past their retention.
+pub const PRUNABLE: &str = "SELECT rowid, tenant_id, lane, state, body_ref FROM jobs \
+     INDEXED BY jobs_finished \
+     WHERE state IN ('completed', 'failed', 'cancelled') AND updated_at < ?1 LIMIT ?2";
+/// Whether a job still points at a shared body.
+pub const BODY_IN_USE: &str = "SELECT 1 FROM jobs INDEXED BY jobs_body_ref \
+     WHERE body_ref IS NOT NULL AND body_ref = ?1 LIMIT 1";
+/// Deleting a device: its queued jobs are cancelled.
+pub const CANCEL_DEVICE_JOBS: &str = "UPDATE jobs SET state = 'cancelled', \
+     error = 'cancelled: the device was deleted', updated_at = ?2 \
+     WHERE rowid IN (SELECT rowid FROM jobs INDEXED BY jobs_device_pending \
+     WHERE state IN ('waiting', 'delayed') AND device_id = ?1)";
 
 fn bad(what: &str, v: &str) -> rusqlite::Error {
     rusqlite::Error::FromSqlConversionFailure(
@@ -62,6 +76,11 @@ fn bad(what: &str, v: &str) -> rusqlite::Error {
 fn job_from_row(row: &Row<'_>) -> rusqlite::Result<JobRecord> {
     let kind: String = row.get(1)?;
     let state: String = row.get(5)?;
+    let body_ref: Option<String> = row.get(19)?;
+    let body = match body_ref {
+        Some(id) => JobBody::Shared(id),
+        None => JobBody::Inline(row.get(9)?),
+    };
     Ok(JobRecord {
         id: row.get(0)?,
         kind: JobKind::parse(&kind).ok_or_else(|| bad("kind", &kind))?,
@@ -72,7 +91,7 @@ fn job_from_row(row: &Row<'_>) -> rusqlite::Result<JobRecord> {
         attempts: row.get(6)?,
         target_to: row.get(7)?,
         target_group: row.get(8)?,
-        body: row.get(9)?,
+        body,
         message_id: row.get(10)?,
         error: row.get(11)?,
         send_at: row.get(12)?,
@@ -85,16 +104,34 @@ fn job_from_row(row: &Row<'_>) -> rusqlite::Result<JobRecord> {
     })
 }
 
-fn insert_jobs(conn: &mut Connection, jobs: &[JobRecord]) -> StoreResult<()> {
+pub(super) fn insert_jobs(
+    conn: &mut Connection,
+    bodies: &[SharedBody],
+    jobs: &[JobRecord],
+) -> StoreResult<()> {
     let tx = conn.transaction().map_err(unavailable)?;
     {
+        let mut body_stmt = tx
+            .prepare_cached(
+                "INSERT OR IGNORE INTO job_bodies (id, tenant_id, body) VALUES (?1, ?2, ?3)",
+            )
+            .map_err(unavailable)?;
+        for b in bodies {
+            body_stmt
+                .execute(params![b.id, b.tenant_id, &*b.body])
+                .map_err(unavailable)?;
+        }
         let mut stmt = tx
             .prepare_cached(&format!(
                 "INSERT INTO jobs ({JOB_COLUMNS}) VALUES \
-                 (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)"
+                 (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)"
             ))
             .map_err(unavailable)?;
         for j in jobs {
+            let (body, body_ref) = match &j.body {
+                JobBody::Inline(s) => (s.as_str(), None),
+                JobBody::Shared(id) => ("", Some(id.as_str())),
+            };
             stmt.execute(params![
                 j.id,
                 j.kind.as_str(),
@@ -105,7 +142,7 @@ fn insert_jobs(conn: &mut Connection, jobs: &[JobRecord]) -> StoreResult<()> {
                 j.attempts,
                 j.target_to,
                 j.target_group,
-                j.body,
+                body,
                 j.message_id,
                 j.error,
                 j.send_at,
@@ -115,6 +152,7 @@ fn insert_jobs(conn: &mut Connection, jobs: &[JobRecord]) -> StoreResult<()> {
                 j.updated_at,
                 j.progress_done,
                 j.progress_total,
+                body_ref,
             ])
             .map_err(super::conflict_or_unavailable)?;
         }
@@ -122,7 +160,7 @@ fn insert_jobs(conn: &mut Connection, jobs: &[JobRecord]) -> StoreResult<()> {
     tx.commit().map_err(unavailable)
 }
 
-fn claim(
+pub(super) fn claim(
     conn: &mut Connection,
     now: i64,
     limit: usize,
@@ -146,7 +184,7 @@ fn claim(
             .map_err(unavailable)?;
         let rows = select
             .query_map([limit_i64(limit)], |r| {
-                Ok((job_from_row(r)?, r.get::<_, i64>(19)?))
+                Ok((job_from_row(r)?, r.get::<_, i64>(20)?))
             })
             .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
             .map_err(unavailable)?;
@@ -170,7 +208,7 @@ fn claim(
         .collect())
 }
 
-fn finish(conn: &mut Connection, updates: &[JobUpdate], now: i64) -> StoreResult<()> {
+pub(super) fn finish(conn: &mut Connection, updates: &[JobUpdate], now: i64) -> StoreResult<()> {
     let tx = conn.transaction().map_err(unavailable)?;
     {
         let mut done = tx
@@ -215,384 +253,170 @@ fn finish(conn: &mut Connection, updates: &[JobUpdate], now: i64) -> StoreResult
     tx.commit().map_err(unavailable)
 }
 
-impl SqliteStore {
-    pub(super) async fn jobs_insert(&self, jobs: Vec<JobRecord>) -> StoreResult<()> {
-        self.write(move |conn| insert_jobs(conn, &jobs)).await
-    }
-
-    pub(super) async fn jobs_get(&self, id: &str) -> StoreResult<Option<JobRecord>> {
-        let id = id.to_owned();
-        self.read(move |conn| {
-            conn.prepare_cached(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"))
-                .and_then(|mut st| st.query_row([&id], job_from_row).optional())
-                .map_err(unavailable)
-        })
-        .await
-    }
-
-    pub(super) async fn jobs_requeue_active(&self) -> StoreResult<u64> {
-        self.write(|conn| {
-            conn.execute(
-                "UPDATE jobs SET state = 'waiting', attempts = attempts + 1 WHERE state = 'active'",
-                [],
-            )
-            .map(|n| n as u64)
-            .map_err(unavailable)
-        })
-        .await
-    }
-
-    pub(super) async fn jobs_promote_due(&self, now: i64) -> StoreResult<u64> {
-        self.write(move |conn| {
-            conn.prepare_cached(
-                "UPDATE jobs SET state = 'waiting' WHERE rowid IN \
-                 (SELECT rowid FROM jobs INDEXED BY jobs_delayed \
-                  WHERE state = 'delayed' AND not_before <= ?1)",
-            )
-            .and_then(|mut st| st.execute([now]))
-            .map(|n| n as u64)
-            .map_err(unavailable)
-        })
-        .await
-    }
-
-    pub(super) async fn jobs_claim(
-        &self,
-        now: i64,
-        limit: usize,
-        paused: Vec<Priority>,
-    ) -> StoreResult<Vec<JobRecord>> {
-        self.write(move |conn| claim(conn, now, limit, &paused))
-            .await
-    }
-
-    pub(super) async fn jobs_finish(&self, updates: Vec<JobUpdate>, now: i64) -> StoreResult<()> {
-        self.write(move |conn| finish(conn, &updates, now)).await
-    }
-
-    pub(super) async fn jobs_progress(&self, id: &str, done: u64, now: i64) -> StoreResult<()> {
-        let id = id.to_owned();
-        self.write(move |conn| {
-            conn.prepare_cached(
-                "UPDATE jobs SET progress_done = ?2, updated_at = ?3 \
-                 WHERE id = ?1 AND state = 'active'",
-            )
-            .and_then(|mut st| st.execute(params![id, done, now]))
-            .map(|_| ())
-            .map_err(unavailable)
-        })
-        .await
-    }
-
-    pub(super) async fn jobs_cancel(&self, id: &str, now: i64) -> StoreResult<bool> {
-        let id = id.to_owned();
-        self.write(move |conn| {
-            conn.execute(
-                "UPDATE jobs SET state = 'cancelled', updated_at = ?2 \
-                 WHERE id = ?1 AND state IN ('waiting', 'delayed')",
-                params![id, now],
-            )
-            .map(|n| n > 0)
-            .map_err(unavailable)
-        })
-        .await
-    }
-
-    pub(super) async fn jobs_retry(&self, id: &str, now: i64, rank: i64) -> StoreResult<bool> {
-        let id = id.to_owned();
-        self.write(move |conn| {
-            conn.execute(
-                "UPDATE jobs SET state = 'waiting', attempts = 0, error = NULL, \
-                 not_before = ?2, rank = ?3, updated_at = ?2 \
-                 WHERE id = ?1 AND state = 'failed'",
-                params![id, now, rank],
-            )
-            .map(|n| n > 0)
-            .map_err(unavailable)
-        })
-        .await
-    }
-
-    pub(super) async fn jobs_sent(
-        &self,
-        device_id: &str,
-        job_id: &str,
-    ) -> StoreResult<Vec<AcceptedSend>> {
-        let device_id = device_id.to_owned();
-        // `job_id` and `job_id.N` sort in [job_id, job_id + "/"): '.' < '/'.
-        let low = job_id.to_owned();
-        let high = format!("{job_id}/");
-        self.read(move |conn| {
-            // The GLOB term repeats the partial index's condition so SQLite may use it.
-            conn.prepare_cached(
-                "SELECT client_id, message_id, seq, ts FROM inbox INDEXED BY inbox_job_send \
-                 WHERE client_id GLOB 'j_*' AND client_id >= ?2 AND client_id < ?3 \
-                 AND device_id = ?1 ORDER BY seq",
-            )
-            .and_then(|mut st| {
-                st.query_map(params![device_id, low, high], |r| {
-                    Ok(AcceptedSend {
-                        client_id: r.get(0)?,
-                        message_id: r.get(1)?,
-                        seq: r.get(2)?,
-                        ts: r.get(3)?,
-                    })
-                })?
-                .collect::<rusqlite::Result<Vec<_>>>()
-            })
-            .map_err(unavailable)
-        })
-        .await
-    }
-
-    pub(super) async fn jobs_lane_depths(&self) -> StoreResult<[u64; 4]> {
-        self.read(|conn| {
-            let mut st = conn
-                .prepare_cached(
-                    "SELECT lane, COUNT(*) FROM jobs INDEXED BY jobs_pending_lane \
-                     WHERE state IN ('waiting', 'delayed') GROUP BY lane",
-                )
-                .map_err(unavailable)?;
-            let rows = st
-                .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
-                .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
-                .map_err(unavailable)?;
-            let mut depths = [0u64; 4];
-            for (lane, n) in rows {
-                depths[lane_from_index(lane).index()] += u64::try_from(n).unwrap_or(0);
-            }
-            Ok(depths)
-        })
-        .await
-    }
-
-    pub(super) async fn jobs_counts(&self) -> StoreResult<Vec<QueueCount>> {
-        self.read(|conn| {
-            let mut st = conn
-                .prepare_cached(
-                    "SELECT tenant_id, lane, state, COUNT(*) FROM jobs \
-                     GROUP BY tenant_id, lane, state",
-                )
-                .map_err(unavailable)?;
-            let rows = st
-                .query_map([], |r| {
-                    let state: String = r.get(2)?;
-                    Ok(QueueCount {
-                        tenant_id: r.get(0)?,
-                        lane: lane_from_index(r.get(1)?),
-                        state: JobState::parse(&state).ok_or_else(|| bad("state", &state))?,
-                        count: r.get::<_, i64>(3)?.try_into().unwrap_or(0),
-                    })
-                })
-                .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
-                .map_err(unavailable)?;
-            Ok(rows)
-        })
-        .await
-    }
+pub(super) fn get_job(conn: &Connection, id: &str) -> StoreResult<Option<JobRecord>> {
+    conn.prepare_cached(GET_JOB)
+        .and_then(|mut st| st.query_row([id], job_from_row).optional())
+        .map_err(unavailable)
 }
 
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use std::time::Duration;
+pub(super) fn job_body(conn: &Connection, id: &str) -> StoreResult<Option<Arc<str>>> {
+    conn.prepare_cached(JOB_BODY)
+        .and_then(|mut st| st.query_row([id], |r| r.get::<_, String>(0)).optional())
+        .map(|b| b.map(Arc::from))
+        .map_err(unavailable)
+}
 
-    use actors::jobs::rank;
-    use actors::store::Store;
-    use protocol::Priority;
+pub(super) fn queue_tail(
+    conn: &Connection,
+    tenant_id: &str,
+    lane: Priority,
+) -> StoreResult<Option<i64>> {
+    conn.prepare_cached(QUEUE_TAIL)
+        .and_then(|mut st| st.query_row(params![tenant_id, lane_index(lane)], |r| r.get(0)))
+        .map_err(unavailable)
+}
 
-    use super::*;
+pub(super) fn requeue_active(conn: &Connection) -> StoreResult<u64> {
+    conn.execute(
+        "UPDATE jobs SET state = 'waiting', attempts = attempts + 1 WHERE state = 'active'",
+        [],
+    )
+    .map(|n| n as u64)
+    .map_err(unavailable)
+}
 
-    const AGING: Duration = Duration::from_secs(10);
+pub(super) fn promote_due(conn: &Connection, now: i64) -> StoreResult<u64> {
+    conn.prepare_cached(PROMOTE_DUE)
+        .and_then(|mut st| st.execute([now]))
+        .map(|n| n as u64)
+        .map_err(unavailable)
+}
 
-    fn job(id: &str, lane: Priority, due: i64) -> JobRecord {
-        JobRecord {
-            id: id.into(),
-            kind: JobKind::Message,
-            tenant_id: "t1".into(),
-            device_id: "d1".into(),
-            lane,
-            state: JobState::Waiting,
-            attempts: 0,
-            target_to: Some("+15550001".into()),
-            target_group: None,
-            body: "{}".into(),
-            message_id: None,
-            error: None,
-            send_at: None,
-            not_before: due,
-            rank: rank(due, lane, AGING),
-            created_at: due,
-            updated_at: due,
-            progress_done: 0,
-            progress_total: 0,
+pub(super) fn set_progress(conn: &Connection, id: &str, done: u64, now: i64) -> StoreResult<()> {
+    conn.prepare_cached(
+        "UPDATE jobs SET progress_done = ?2, updated_at = ?3 WHERE id = ?1 AND state = 'active'",
+    )
+    .and_then(|mut st| st.execute(params![id, done, now]))
+    .map(|_| ())
+    .map_err(unavailable)
+}
+
+pub(super) fn cancel(conn: &Connection, id: &str, now: i64) -> StoreResult<bool> {
+    conn.execute(
+        "UPDATE jobs SET state = 'cancelled', updated_at = ?2 \
+         WHERE id = ?1 AND state IN ('waiting', 'delayed')",
+        params![id, now],
+    )
+    .map(|n| n > 0)
+    .map_err(unavailable)
+}
+
+pub(super) fn cancel_device_jobs(conn: &Connection, device_id: &str, now: i64) -> StoreResult<u64> {
+    conn.prepare_cached(CANCEL_DEVICE_JOBS)
+        .and_then(|mut st| st.execute(params![device_id, now]))
+        .map(|n| n as u64)
+        .map_err(unavailable)
+}
+
+pub(super) fn retry(conn: &Connection, id: &str, now: i64, rank: i64) -> StoreResult<bool> {
+    conn.execute(
+        "UPDATE jobs SET state = 'waiting', attempts = 0, error = NULL, \
+         not_before = ?2, rank = ?3, updated_at = ?2 \
+         WHERE id = ?1 AND state = 'failed'",
+        params![id, now, rank],
+    )
+    .map(|n| n > 0)
+    .map_err(unavailable)
+}
+
+/// Deletes finished jobs past `before` (up to `limit`), adding them to `job_totals`,
+/// and the shared bodies no job points at any more.
+pub(super) fn prune(conn: &mut Connection, before: i64, limit: usize) -> StoreResult<u64> {
+    let tx = conn.transaction().map_err(unavailable)?;
+    let mut pruned = 0u64;
+    {
+        let rows: Vec<(i64, String, i64, String, Option<String>)> = tx
+            .prepare_cached(PRUNABLE)
+            .and_then(|mut st| {
+                st.query_map(params![before, limit_i64(limit)], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                })?
+                .collect()
+            })
+            .map_err(unavailable)?;
+        let mut counts: HashMap<(String, i64, String), i64> = HashMap::new();
+        let mut refs: Vec<String> = Vec::new();
+        let mut delete = tx
+            .prepare_cached("DELETE FROM jobs WHERE rowid = ?1")
+            .map_err(unavailable)?;
+        for (rowid, tenant, lane, state, body_ref) in rows {
+            delete.execute([rowid]).map_err(unavailable)?;
+            *counts.entry((tenant, lane, state)).or_default() += 1;
+            refs.extend(body_ref);
+            pruned += 1;
+        }
+        let mut add = tx
+            .prepare_cached(
+                "INSERT INTO job_totals (tenant_id, lane, state, count) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (tenant_id, lane, state) DO UPDATE SET count = count + excluded.count",
+            )
+            .map_err(unavailable)?;
+        for ((tenant, lane, state), n) in counts {
+            add.execute(params![tenant, lane, state, n])
+                .map_err(unavailable)?;
+        }
+        refs.sort();
+        refs.dedup();
+        let mut in_use = tx.prepare_cached(BODY_IN_USE).map_err(unavailable)?;
+        let mut drop_body = tx
+            .prepare_cached("DELETE FROM job_bodies WHERE id = ?1")
+            .map_err(unavailable)?;
+        for id in refs {
+            let used = in_use
+                .query_row([&id], |_| Ok(()))
+                .optional()
+                .map_err(unavailable)?
+                .is_some();
+            if !used {
+                drop_body.execute([&id]).map_err(unavailable)?;
+            }
         }
     }
+    tx.commit().map_err(unavailable)?;
+    Ok(pruned)
+}
 
-    fn open_tmp() -> (tempfile::TempDir, SqliteStore) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("db.sqlite"), false).unwrap();
-        (dir, store)
+pub(super) fn lane_depths(conn: &Connection) -> StoreResult<[u64; 4]> {
+    let mut st = conn.prepare_cached(LANE_DEPTHS).map_err(unavailable)?;
+    let rows = st
+        .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
+        .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+        .map_err(unavailable)?;
+    let mut depths = [0u64; 4];
+    for (lane, n) in rows {
+        depths[lane_from_index(lane).index()] += u64::try_from(n).unwrap_or(0);
     }
+    Ok(depths)
+}
 
-    fn ids(jobs: &[JobRecord]) -> Vec<&str> {
-        jobs.iter().map(|j| j.id.as_str()).collect()
-    }
-
-    #[tokio::test]
-    async fn claims_by_lane_with_aging() {
-        let (_dir, store) = open_tmp();
-        let now = 1_000_000;
-        store
-            .insert_jobs(vec![
-                job("low-new", Priority::Low, now),
-                job("normal-new", Priority::Normal, now),
-                job("critical-new", Priority::Critical, now),
-                // Waited 31 s: three aging periods, more than a low job needs to
-                // outrank a critical one enqueued now.
-                job("low-old", Priority::Low, now - 31_000),
-                job("high-new", Priority::High, now),
-            ])
-            .await
-            .unwrap();
-        let first = store.claim_jobs(now, 2).await.unwrap();
-        assert_eq!(ids(&first), ["low-old", "critical-new"]);
-        assert!(first.iter().all(|j| j.state == JobState::Active));
-        let rest = store.claim_jobs(now, 10).await.unwrap();
-        assert_eq!(ids(&rest), ["high-new", "normal-new", "low-new"]);
-        assert!(store.claim_jobs(now, 10).await.unwrap().is_empty());
-    }
-
-    #[tokio::test]
-    async fn paused_lanes_are_skipped_and_depths_counted() {
-        let (_dir, store) = open_tmp();
-        let now = 1_000_000;
-        let mut later = job("low-later", Priority::Low, now + 60_000);
-        later.state = JobState::Delayed;
-        store
-            .insert_jobs(vec![
-                job("critical", Priority::Critical, now),
-                job("low-1", Priority::Low, now - 100_000),
-                job("low-2", Priority::Low, now),
-                job("normal", Priority::Normal, now),
-                later,
-            ])
-            .await
-            .unwrap();
-        assert_eq!(store.lane_depths().await.unwrap(), [1, 0, 1, 3]);
-        let got = store
-            .claim_jobs_except(now, 10, &[Priority::Low])
-            .await
-            .unwrap();
-        assert_eq!(ids(&got), ["critical", "normal"]);
-        // Claimed jobs are active, no longer queued.
-        assert_eq!(store.lane_depths().await.unwrap(), [0, 0, 0, 3]);
-        assert!(store
-            .claim_jobs_except(now, 10, &[Priority::Low, Priority::High])
-            .await
-            .unwrap()
-            .is_empty());
-        assert_eq!(
-            ids(&store.claim_jobs(now, 10).await.unwrap()),
-            ["low-1", "low-2"]
-        );
-        assert_eq!(store.lane_depths().await.unwrap(), [0, 0, 0, 1]);
-        // The depth query reads the partial index only, never the table.
-        let plan: String = store
-            .read(|conn| {
-                conn.query_row(
-                    "EXPLAIN QUERY PLAN SELECT lane, COUNT(*) FROM jobs INDEXED BY \
-                     jobs_pending_lane WHERE state IN ('waiting', 'delayed') GROUP BY lane",
-                    [],
-                    |r| r.get::<_, String>(3),
-                )
-                .map_err(unavailable)
+/// Live counts plus the pruned totals.
+pub(super) fn queue_counts(conn: &Connection) -> StoreResult<Vec<QueueCount>> {
+    let mut out = Vec::new();
+    for sql in [COUNTS, TOTALS] {
+        let mut st = conn.prepare_cached(sql).map_err(unavailable)?;
+        let rows = st
+            .query_map([], |r| {
+                let state: String = r.get(2)?;
+                Ok(QueueCount {
+                    tenant_id: r.get(0)?,
+                    lane: lane_from_index(r.get(1)?),
+                    state: JobState::parse(&state).ok_or_else(|| bad("state", &state))?,
+                    count: r.get::<_, i64>(3)?.try_into().unwrap_or(0),
+                })
             })
-            .await
-            .unwrap();
-        assert!(plan.contains("COVERING INDEX jobs_pending_lane"), "{plan}");
+            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        out.extend(rows);
     }
-
-    #[tokio::test]
-    async fn state_machine_moves() {
-        let (_dir, store) = open_tmp();
-        let now = 5_000;
-        let mut later = job("later", Priority::Normal, now + 1_000);
-        later.state = JobState::Delayed;
-        store
-            .insert_jobs(vec![job("a", Priority::Normal, now), later])
-            .await
-            .unwrap();
-        assert_eq!(ids(&store.claim_jobs(now, 10).await.unwrap()), ["a"]);
-        // Rate-limited: delayed, then due again.
-        store
-            .finish_jobs(
-                vec![JobUpdate::Delayed {
-                    id: "a".into(),
-                    not_before: now + 500,
-                    attempts: 0,
-                }],
-                now,
-            )
-            .await
-            .unwrap();
-        assert_eq!(store.promote_due_jobs(now + 499).await.unwrap(), 0);
-        assert_eq!(store.promote_due_jobs(now + 1_000).await.unwrap(), 2);
-        let claimed = store.claim_jobs(now + 1_000, 10).await.unwrap();
-        assert_eq!(claimed.len(), 2);
-        // A crash: active jobs go back to waiting.
-        assert_eq!(store.requeue_active_jobs().await.unwrap(), 2);
-        store.claim_jobs(now, 10).await.unwrap();
-        store
-            .finish_jobs(
-                vec![
-                    JobUpdate::Completed {
-                        id: "a".into(),
-                        message_id: Some("m_1".into()),
-                        attempts: 1,
-                    },
-                    JobUpdate::Failed {
-                        id: "later".into(),
-                        error: "not_found: x".into(),
-                        attempts: 1,
-                    },
-                ],
-                now,
-            )
-            .await
-            .unwrap();
-        let a = store.get_job("a").await.unwrap().unwrap();
-        assert_eq!(a.state, JobState::Completed);
-        assert_eq!(a.message_id.as_deref(), Some("m_1"));
-        // Final states are not moved by stale outcomes, cancel or retry.
-        store
-            .finish_jobs(
-                vec![JobUpdate::Failed {
-                    id: "a".into(),
-                    error: "late".into(),
-                    attempts: 2,
-                }],
-                now,
-            )
-            .await
-            .unwrap();
-        assert_eq!(
-            store.get_job("a").await.unwrap().unwrap().state,
-            JobState::Completed
-        );
-        assert!(!store.cancel_job("a", now).await.unwrap());
-        assert!(!store.retry_job("a", now, 0).await.unwrap());
-        // Failed → retry → waiting with attempts reset.
-        assert!(store.retry_job("later", now, 7).await.unwrap());
-        let l = store.get_job("later").await.unwrap().unwrap();
-        assert_eq!((l.state, l.attempts, l.error), (JobState::Waiting, 0, None));
-        assert!(store.cancel_job("later", now).await.unwrap());
-        let counts = store.queue_counts().await.unwrap();
-        let total: u64 = counts.iter().map(|c| c.count).sum();
-        assert_eq!(total, 2);
-        assert!(counts
-            .iter()
-            .any(|c| c.state == JobState::Cancelled && c.count == 1));
-        assert!(store.get_job("nope").await.unwrap().is_none());
-    }
+    Ok(out)
 }

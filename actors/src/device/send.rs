@@ -1,0 +1,409 @@
+//! A send, from request to answer: idempotency by request id, budgets (a group send
+//! costs one unit per recipient), the sender's own copy and one row per recipient, and
+//! the ack once every row is durable. A send that failed or was interrupted after it
+//! was accepted is completed by a resend under the same request id, with the same
+//! message id: the missing rows are written, nothing is written twice.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Instant;
+
+use protocol::rest::MessageAccepted;
+use protocol::{ErrorCode, Priority, Target};
+
+use super::inbox::{CommittedRow, Delivery};
+use super::outbox::{Dispatch, RowDone, RowGuard, RowOutcome, Settled};
+use super::{
+    routing, DeviceMsg, DeviceState, Incomplete, PendingSend, Recent, Responder, SendError,
+    SendRequest,
+};
+use crate::clock::now_ms;
+use crate::directory::RouteError;
+use crate::limits::{Scope, TokenBucket};
+use crate::stats::Stats;
+use crate::store::{MessageRecord, RowKind};
+
+impl DeviceState {
+    /// Handles one send request.
+    pub(super) async fn send(&mut self, req: SendRequest, responder: Responder) {
+        let received = Instant::now();
+        let client_id = req.client_id.clone();
+        if let Some(id) = &client_id {
+            match self.recent.get(id) {
+                Some(Recent::Done(answer)) => {
+                    let answer = answer.clone();
+                    self.respond(responder, Some(id), Ok(answer));
+                    return;
+                }
+                Some(Recent::Pending(key)) => {
+                    if let Some(p) = self.pending.get_mut(key) {
+                        p.responders.push(responder);
+                        return;
+                    }
+                }
+                Some(Recent::Incomplete(inc)) => {
+                    let inc = (**inc).clone();
+                    self.complete(id.clone(), inc, responder).await;
+                    return;
+                }
+                None => {}
+            }
+            if let Some(earlier) = req.resume {
+                // Sent before under this id, longer ago than the idempotency window.
+                let inc = Incomplete {
+                    answer: MessageAccepted {
+                        message_id: earlier.message_id,
+                        seq: earlier.seq,
+                        ts: earlier.ts,
+                    },
+                    message: None,
+                };
+                self.complete(id.clone(), inc, responder).await;
+                return;
+            }
+        }
+        if self.resyncing() {
+            let err = SendError::new(ErrorCode::Unavailable, "inbox resyncing; retry");
+            self.respond(responder, client_id.as_deref(), Err(err));
+            return;
+        }
+        let recipients = match routing::recipients(&self.env, &self.device, &req.target).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.respond(responder, client_id.as_deref(), Err(e));
+                return;
+            }
+        };
+        let cost = u32::try_from(recipients.len().max(1)).unwrap_or(u32::MAX);
+        if let Err(e) = self.take_budgets(req.priority, &req.target, cost) {
+            Stats::inc(&self.env.stats.rate_limited);
+            self.respond(responder, client_id.as_deref(), Err(e));
+            return;
+        }
+        let (to, group) = match &req.target {
+            Target::To(a) => (Some(Arc::from(a.as_str())), None),
+            Target::Group(g) => (None, Some(Arc::from(g.as_str()))),
+        };
+        let message = Arc::new(MessageRecord {
+            id: format!("m_{}", ulid::Ulid::new()).into(),
+            sender_device: Some(self.id.clone()),
+            from: self.address.clone(),
+            to,
+            group,
+            body: req.body,
+            ts: now_ms(),
+        });
+        self.messages_out += 1;
+        self.metrics.sent.increment(1);
+        let origin = match &responder {
+            Responder::Conn(id) => Some(*id),
+            Responder::Rest(_) => None,
+        };
+        let key = self.next_key;
+        self.next_key += 1;
+        let seq = self.write_own(key, &message, client_id.clone(), origin);
+        self.pending.insert(
+            key,
+            PendingSend {
+                received,
+                client_id: client_id.clone(),
+                answer: MessageAccepted {
+                    message_id: message.id.to_string(),
+                    seq,
+                    ts: message.ts,
+                },
+                message: message.clone(),
+                responders: vec![responder],
+                remaining: recipients.len() + 1,
+                failed: false,
+            },
+        );
+        if let Some(id) = client_id {
+            self.remember(id, Recent::Pending(key));
+        }
+        self.deliver_all(key, &message, recipients).await;
+    }
+
+    fn write_own(
+        &mut self,
+        key: u64,
+        message: &Arc<MessageRecord>,
+        client_id: Option<String>,
+        origin: Option<u64>,
+    ) -> u64 {
+        self.write_row(
+            RowKind::Message(message.clone()),
+            message.ts,
+            client_id,
+            CommittedRow::Own {
+                key,
+                message: message.clone(),
+                origin,
+            },
+            |_| {},
+        )
+    }
+
+    /// Queues a row of send `key` to each recipient, and hands over those that may go now.
+    async fn deliver_all(
+        &mut self,
+        key: u64,
+        message: &Arc<MessageRecord>,
+        recipients: Vec<String>,
+    ) {
+        for recipient in recipients {
+            let recipient: Arc<str> = recipient.into();
+            if let Some(d) = self.outbox.push(&recipient, key, message.clone()) {
+                self.dispatch(&recipient, d).await;
+            }
+        }
+    }
+
+    /// Hands one row to the recipient's session (started if needed).
+    async fn dispatch(&mut self, recipient: &Arc<str>, d: Dispatch) {
+        let guard = RowGuard::new(self.me.clone(), recipient.clone(), d.order.n, d.attempt);
+        let (n, attempt) = (d.order.n, d.attempt);
+        let msg = DeviceMsg::Deliver(Delivery {
+            from_device: self.id.clone(),
+            order: d.order,
+            message: d.message,
+            guard,
+        });
+        match self.env.directory.deliver(recipient, msg).await {
+            Ok(()) => {}
+            // The recipient was deleted: nothing to write (the dropped guard's report of
+            // this try comes after and is ignored).
+            Err(RouteError::NoDevice) => self.row_done(RowDone {
+                recipient: recipient.clone(),
+                n,
+                attempt,
+                outcome: RowOutcome::Gone,
+            }),
+            // The guard, dropped with the message, reports the row as lost.
+            Err(e) => tracing::debug!(%recipient, error = %e, "could not route a row"),
+        }
+    }
+
+    /// A recipient row's outcome.
+    pub(super) fn row_done(&mut self, report: RowDone) {
+        let (settled, resend) = self.outbox.done(&report);
+        if resend {
+            let delay = self.outbox.backoff(&report.recipient);
+            let recipient = report.recipient.clone();
+            self.me
+                .send_after(delay, move || DeviceMsg::Resend(recipient));
+        }
+        if let Settled::Row { key, ok } = settled {
+            self.row_settled(key, ok);
+        }
+    }
+
+    /// Sends again, in order, what was lost to `recipient`.
+    pub(super) async fn resend(&mut self, recipient: &Arc<str>) {
+        for d in self.outbox.resend(recipient) {
+            Stats::inc(&self.env.stats.rows_resent);
+            self.dispatch(recipient, d).await;
+        }
+    }
+
+    /// The sender's own copy of send `key` settled.
+    pub(super) fn own_row_settled(&mut self, key: u64, ok: bool) {
+        self.row_settled(key, ok);
+    }
+
+    fn row_settled(&mut self, key: u64, ok: bool) {
+        let Some(p) = self.pending.get_mut(&key) else {
+            return;
+        };
+        p.failed |= !ok;
+        p.remaining = p.remaining.saturating_sub(1);
+        if p.remaining == 0 {
+            self.finish_send(key);
+        }
+    }
+
+    fn finish_send(&mut self, key: u64) {
+        let Some(p) = self.pending.remove(&key) else {
+            return;
+        };
+        let result = if !p.failed {
+            Stats::inc(&self.env.stats.messages_acked);
+            self.metrics.acked.increment(1);
+            self.env
+                .stats
+                .metrics
+                .ack_latency
+                .record(p.received.elapsed().as_secs_f64());
+            Ok(p.answer.clone())
+        } else {
+            Err(SendError::new(
+                ErrorCode::Unavailable,
+                "the message could not be stored everywhere; retry with the same id",
+            ))
+        };
+        if let Some(id) = &p.client_id {
+            let entry = if p.failed {
+                Recent::Incomplete(Box::new(Incomplete {
+                    answer: p.answer.clone(),
+                    message: Some(p.message.clone()),
+                }))
+            } else {
+                Recent::Done(p.answer.clone())
+            };
+            self.recent.insert(id.clone(), entry);
+        }
+        for responder in p.responders {
+            self.respond(responder, p.client_id.as_deref(), result.clone());
+        }
+    }
+
+    /// Completes an accepted send: writes the sender's copy if it is missing and
+    /// delivers the message (same id) to each recipient whose inbox lacks it, then
+    /// answers with the original ack (the seq of the sender's copy).
+    async fn complete(&mut self, client_id: String, inc: Incomplete, responder: Responder) {
+        if self.resyncing() {
+            let err = SendError::new(ErrorCode::Unavailable, "inbox resyncing; retry");
+            return self.respond(responder, Some(&client_id), Err(err));
+        }
+        let store = self.env.store.clone();
+        let message = match inc.message {
+            Some(m) => m,
+            None => {
+                let ids = [inc.answer.message_id.clone()];
+                match store.inbox_messages(&self.device.id, &ids).await {
+                    Ok(rows) => match rows.into_iter().find_map(|r| match r.kind {
+                        RowKind::Message(m) => Some(m),
+                        RowKind::Status(_) => None,
+                    }) {
+                        Some(m) => m,
+                        // Nothing to complete from.
+                        None => {
+                            self.recent
+                                .insert(client_id.clone(), Recent::Done(inc.answer.clone()));
+                            return self.respond(responder, Some(&client_id), Ok(inc.answer));
+                        }
+                    },
+                    Err(e) => {
+                        return self.respond(
+                            responder,
+                            Some(&client_id),
+                            Err(SendError::storage(&e)),
+                        )
+                    }
+                }
+            }
+        };
+        let target = match (&message.to, &message.group) {
+            (Some(to), _) => Some(Target::To(to.to_string())),
+            (None, Some(group)) => Some(Target::Group(group.to_string())),
+            (None, None) => None,
+        };
+        // A target that no longer resolves (device or group gone) has nothing to complete.
+        let recipients = match &target {
+            Some(t) => routing::recipients(&self.env, &self.device, t)
+                .await
+                .unwrap_or_default(),
+            None => Vec::new(),
+        };
+        let holders: HashSet<String> = match store.message_copies(&message.id).await {
+            Ok(copies) => copies.into_iter().map(|c| c.device_id).collect(),
+            Err(e) => {
+                return self.respond(responder, Some(&client_id), Err(SendError::storage(&e)))
+            }
+        };
+        let missing: Vec<String> = recipients
+            .into_iter()
+            .filter(|r| !holders.contains(r))
+            .collect();
+        let own_missing = !holders.contains(&self.device.id);
+        let mut answer = inc.answer;
+        if !own_missing && missing.is_empty() {
+            self.recent
+                .insert(client_id.clone(), Recent::Done(answer.clone()));
+            return self.respond(responder, Some(&client_id), Ok(answer));
+        }
+        tracing::info!(device_id = %self.device.id, message_id = %message.id, recipients = missing.len(), own_missing, "completing an interrupted send");
+        let key = self.next_key;
+        self.next_key += 1;
+        if own_missing {
+            let origin = match &responder {
+                Responder::Conn(id) => Some(*id),
+                Responder::Rest(_) => None,
+            };
+            answer.seq = self.write_own(key, &message, Some(client_id.clone()), origin);
+        }
+        self.pending.insert(
+            key,
+            PendingSend {
+                received: Instant::now(),
+                client_id: Some(client_id.clone()),
+                answer,
+                message: message.clone(),
+                responders: vec![responder],
+                remaining: missing.len() + usize::from(own_missing),
+                failed: false,
+            },
+        );
+        self.recent.insert(client_id, Recent::Pending(key));
+        self.deliver_all(key, &message, missing).await;
+    }
+
+    /// Takes `cost` units from every budget of a send, or from none: the device tier,
+    /// the device→recipient pair (when on), the tenant and the global one.
+    fn take_budgets(
+        &mut self,
+        priority: Priority,
+        target: &Target,
+        cost: u32,
+    ) -> Result<(), SendError> {
+        let metrics = &self.env.stats.metrics;
+        if let Err(wait) = self.limiter.check(priority, cost) {
+            metrics.rate_limited_device.increment(1);
+            let tier = format!("{priority:?}").to_lowercase();
+            return Err(SendError::rate_limited(
+                &format!("{tier} budget for this device"),
+                wait,
+            ));
+        }
+        let pair_rate = self.env.settings.pair_rate_per_minute;
+        let pair_key = match target {
+            Target::To(a) if pair_rate > 0 => Some(a.as_str()),
+            _ => None,
+        };
+        if let Some(to) = pair_key {
+            if self.pairs.len() > 4096 {
+                self.pairs.retain(|_, b| !b.is_full());
+            }
+            let bucket = match self.pairs.get_mut(to) {
+                Some(b) => b,
+                None => self
+                    .pairs
+                    .entry(to.to_owned())
+                    .or_insert_with(|| TokenBucket::spaced(pair_rate)),
+            };
+            if let Err(wait) = bucket.try_take(1) {
+                self.limiter.refund(priority);
+                metrics.rate_limited_device.increment(1);
+                return Err(SendError::rate_limited("per-recipient budget", wait));
+            }
+        }
+        if let Err((scope, wait)) = self.env.limits.acquire(&self.device.tenant_id, cost) {
+            self.limiter.refund(priority);
+            if let Some(b) = pair_key.and_then(|to| self.pairs.get_mut(to)) {
+                b.refund(1);
+            }
+            let what = match scope {
+                Scope::Tenant => {
+                    metrics.rate_limited_tenant.increment(1);
+                    "tenant budget"
+                }
+                Scope::Global => {
+                    metrics.rate_limited_global.increment(1);
+                    "server-wide budget"
+                }
+            };
+            return Err(SendError::rate_limited(what, wait));
+        }
+        Ok(())
+    }
+}

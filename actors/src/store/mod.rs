@@ -1,0 +1,206 @@
+//! The `Store` trait: everything the server keeps durably, and the records it keeps.
+//!
+//! Implementations: SQLite (the embedded default) and MongoDB, both in the server
+//! crate; one contract suite runs against each.
+//!
+//! Messages are stored once ([`MessageRecord`]); an inbox is a sequence of small rows
+//! ([`InboxRow`]) that point at a message or carry a status of one. A device's inbox
+//! is written only by its device session, in seq order, through
+//! [`Store::commit_rows`].
+
+mod records;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use protocol::rest::Contact;
+use protocol::Priority;
+
+use crate::jobs::{JobRecord, JobUpdate, QueueCount, SharedBody};
+
+pub use records::*;
+
+/// Why a store call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// A unique key already exists (a device address in a tenant, an inbox seq held by
+    /// another row).
+    #[error("already exists: {0}")]
+    Conflict(String),
+    /// The backend failed; the same call may succeed later.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    /// Stored data could not be read back (a bug or a damaged store); retrying does not
+    /// help.
+    #[error("stored data unreadable: {0}")]
+    Corrupt(String),
+    /// The change would pass a limit (e.g. the largest group).
+    #[error("over a limit: {0}")]
+    Limit(String),
+    /// Not written because an earlier row of the same inbox in the same call failed
+    /// (an inbox never gets a gap).
+    #[error("not written: an earlier row of the same inbox failed")]
+    Aborted,
+}
+
+impl StoreError {
+    /// Whether the same call may succeed later unchanged.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_) | StoreError::Aborted)
+    }
+}
+
+/// Result of a store call.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Outcome of one row of [`Store::commit_rows`].
+pub type RowResult = Result<(), StoreError>;
+
+/// Durable state of the server.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Which backend this is (`sqlite`, `mongodb`), for `/health` and the admin pages.
+    fn backend(&self) -> &'static str;
+
+    /// Creates a tenant.
+    async fn create_tenant(&self, tenant: TenantRecord) -> StoreResult<()>;
+    /// The tenant whose API key hashes to `hash`.
+    async fn tenant_by_key_hash(&self, hash: &str) -> StoreResult<Option<TenantRecord>>;
+    /// All tenants (for the admin tree).
+    async fn list_tenants(&self) -> StoreResult<Vec<TenantRecord>>;
+
+    /// Creates a device; `Conflict` if its address exists in the tenant.
+    async fn create_device(&self, device: DeviceRecord) -> StoreResult<()>;
+    /// A device by id.
+    async fn get_device(&self, id: &str) -> StoreResult<Option<DeviceRecord>>;
+    /// A device by tenant and address.
+    async fn device_by_address(
+        &self,
+        tenant_id: &str,
+        address: &str,
+    ) -> StoreResult<Option<DeviceRecord>>;
+    /// A page of a tenant's devices ordered by id, after `after`.
+    async fn list_devices(
+        &self,
+        tenant_id: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<DeviceRecord>>;
+    /// Registered devices per tenant id.
+    async fn device_counts(&self) -> StoreResult<HashMap<String, u64>>;
+    /// Deletes a device with its inbox and contacts, and cancels its queued jobs
+    /// (`waiting` / `delayed`); false if it did not exist.
+    async fn delete_device(&self, id: &str, now: i64) -> StoreResult<bool>;
+    /// Records when a client was last connected.
+    async fn set_last_seen(&self, id: &str, ts: i64) -> StoreResult<()>;
+
+    /// Inserts or updates contacts by address; returns how many.
+    async fn upsert_contacts(&self, device_id: &str, contacts: &[Contact]) -> StoreResult<usize>;
+    /// All contacts of a device, ordered by address.
+    async fn list_contacts(&self, device_id: &str) -> StoreResult<Vec<Contact>>;
+
+    /// Creates a group.
+    async fn create_group(&self, group: GroupRecord) -> StoreResult<()>;
+    /// A group by id.
+    async fn get_group(&self, id: &str) -> StoreResult<Option<GroupRecord>>;
+    /// Adds members atomically (a concurrent change is never lost) and bumps the
+    /// version; `Limit` if the group would pass `max_members`. `None`: no such group.
+    async fn add_group_members(
+        &self,
+        id: &str,
+        members: &[String],
+        max_members: usize,
+    ) -> StoreResult<Option<GroupRecord>>;
+    /// Removes one member atomically; answers the group and whether the address was a
+    /// member (the version is bumped only then). `None`: no such group.
+    async fn remove_group_member(
+        &self,
+        id: &str,
+        address: &str,
+    ) -> StoreResult<Option<(GroupRecord, bool)>>;
+
+    /// Writes inbox rows (group commit) and the messages their message rows point at.
+    /// Answers one result per row, in order: a row whose seq already holds the same
+    /// content is `Ok` (an idempotent retry), another content is `Conflict`; once a row
+    /// of an inbox fails, that inbox's later rows in the call are `Aborted`, so an inbox
+    /// never has a gap. `Err` when nothing could be written.
+    async fn commit_rows(&self, rows: Arc<Vec<InboxRow>>) -> StoreResult<Vec<RowResult>>;
+    /// Highest seq in a device's inbox (0 when empty).
+    async fn last_seq(&self, device_id: &str) -> StoreResult<u64>;
+    /// Inbox rows with `seq > after_seq`, in seq order, at most `limit`; message rows
+    /// carry their message.
+    async fn read_inbox(
+        &self,
+        device_id: &str,
+        after_seq: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<InboxRow>>;
+    /// The message rows of a device's inbox holding any of `message_ids` (at most one
+    /// per id), in no particular order.
+    async fn inbox_messages(
+        &self,
+        device_id: &str,
+        message_ids: &[String],
+    ) -> StoreResult<Vec<InboxRow>>;
+    /// Every inbox holding `message_id` as a message row (the sender's and each
+    /// recipient's), ordered by device id.
+    async fn message_copies(&self, message_id: &str) -> StoreResult<Vec<MessageCopy>>;
+    /// The status rows of `device_id`'s inbox about `message_id`, in seq order.
+    async fn statuses(&self, device_id: &str, message_id: &str) -> StoreResult<Vec<StatusEntry>>;
+    /// The device's most recent sends that carried a client request id, newest first.
+    async fn recent_client_ids(
+        &self,
+        device_id: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<AcceptedSend>>;
+    /// The device's sends under request id `client_id`, or `client_id.N` (a resend of a
+    /// queued job under a new id), oldest first.
+    async fn sends_by_client_id(
+        &self,
+        device_id: &str,
+        client_id: &str,
+    ) -> StoreResult<Vec<AcceptedSend>>;
+
+    // ---- durable jobs (state machine in [`crate::jobs`]) ----
+
+    /// Stores new jobs, and the shared bodies they point at, in one transaction.
+    async fn insert_jobs(&self, bodies: Vec<SharedBody>, jobs: Vec<JobRecord>) -> StoreResult<()>;
+    /// A job by id.
+    async fn get_job(&self, id: &str) -> StoreResult<Option<JobRecord>>;
+    /// A shared body (a campaign's message) by id.
+    async fn job_body(&self, id: &str) -> StoreResult<Option<Arc<str>>>;
+    /// The highest rank among a tenant's `waiting` jobs of a lane: new jobs of that
+    /// tenant queue behind it (fairness across tenants, see [`crate::jobs::FairRanker`]).
+    async fn queue_tail(&self, tenant_id: &str, lane: Priority) -> StoreResult<Option<i64>>;
+    /// On dispatcher start: every `active` job back to `waiting`; returns how many.
+    async fn requeue_active_jobs(&self) -> StoreResult<u64>;
+    /// `delayed` jobs whose `not_before` has come → `waiting`; returns how many.
+    async fn promote_due_jobs(&self, now: i64) -> StoreResult<u64>;
+    /// Claims up to `limit` `waiting` jobs, lowest rank first, moving them to `active`;
+    /// jobs of the `paused` lanes are skipped (they stay `waiting`).
+    async fn claim_jobs(
+        &self,
+        now: i64,
+        limit: usize,
+        paused: &[Priority],
+    ) -> StoreResult<Vec<JobRecord>>;
+    /// Applies outcomes of active jobs in one transaction (jobs no longer active are
+    /// left alone).
+    async fn finish_jobs(&self, updates: Vec<JobUpdate>, now: i64) -> StoreResult<()>;
+    /// Records progress of an active job.
+    async fn set_job_progress(&self, id: &str, done: u64, now: i64) -> StoreResult<()>;
+    /// `waiting` / `delayed` → `cancelled`; false if the job was in another state.
+    async fn cancel_job(&self, id: &str, now: i64) -> StoreResult<bool>;
+    /// `failed` → `waiting` with attempts reset and the given rank; false otherwise.
+    async fn retry_job(&self, id: &str, now: i64, rank: i64) -> StoreResult<bool>;
+    /// Deletes up to `limit` finished jobs (`completed`, `failed`, `cancelled`) last
+    /// changed before `before`, and shared bodies no job points at any more. Pruned
+    /// jobs stay counted in [`Store::queue_counts`]. Returns how many jobs went.
+    async fn prune_jobs(&self, before: i64, limit: usize) -> StoreResult<u64>;
+    /// Job counts by tenant, lane and state, pruned jobs included.
+    async fn queue_counts(&self) -> StoreResult<Vec<QueueCount>>;
+    /// Queue depth of every lane (critical first): its `waiting` plus `delayed` jobs.
+    /// Cheap enough to run every second.
+    async fn lane_depths(&self) -> StoreResult<[u64; 4]>;
+}

@@ -1,0 +1,208 @@
+//! A [`Store`] decorator: runs a [`StoreHook`] around every call of an inner store.
+//! One mechanism for everything that watches or bends store calls without knowing the
+//! backend: the test-only fault injection ([`Faults`]) today, timing for the admin
+//! statistics later.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actors::jobs::{JobRecord, JobUpdate, QueueCount, SharedBody};
+use actors::store::{
+    AcceptedSend, DeviceRecord, GroupRecord, InboxRow, MessageCopy, RowResult, StatusEntry, Store,
+    StoreError, StoreResult, TenantRecord,
+};
+use async_trait::async_trait;
+use dashmap::DashSet;
+use protocol::rest::Contact;
+use protocol::Priority;
+
+/// What runs around each store call.
+pub trait StoreHook: Send + Sync + 'static {
+    /// Before the call: an error here is the call's answer (the inner store is not
+    /// called).
+    fn before(&self, _op: &'static str) -> StoreResult<()> {
+        Ok(())
+    }
+    /// How long to hold the call before it runs (none by default).
+    fn delay(&self, _op: &'static str) -> Option<Duration> {
+        None
+    }
+    /// After the call, with its duration and whether it succeeded.
+    fn after(&self, _op: &'static str, _elapsed: Duration, _ok: bool) {}
+    /// Whether this inbox row must be answered as failed (not written).
+    fn fails_row(&self, _row: &InboxRow) -> bool {
+        false
+    }
+}
+
+/// A store with a hook around every call.
+pub struct Hooked<H> {
+    inner: Arc<dyn Store>,
+    hook: H,
+}
+
+impl<H: StoreHook> Hooked<H> {
+    /// Wraps `inner`.
+    pub fn new(inner: Arc<dyn Store>, hook: H) -> Self {
+        Hooked { inner, hook }
+    }
+
+    /// The hook.
+    pub fn hook(&self) -> &H {
+        &self.hook
+    }
+
+    async fn run<T>(
+        &self,
+        op: &'static str,
+        call: impl Future<Output = StoreResult<T>>,
+    ) -> StoreResult<T> {
+        self.hook.before(op)?;
+        if let Some(d) = self.hook.delay(op) {
+            tokio::time::sleep(d).await;
+        }
+        let started = Instant::now();
+        let result = call.await;
+        self.hook.after(op, started.elapsed(), result.is_ok());
+        result
+    }
+}
+
+/// The `Store` impl: every listed method is the inner call under the hook, named after
+/// the method; `backend` and `commit_rows` are written out. (A macro around the whole
+/// impl, so `async_trait` sees the generated methods.)
+macro_rules! hooked_impl {
+    ($($name:ident ( $($arg:ident : $ty:ty),* ) -> $ret:ty;)*) => {
+#[async_trait]
+impl<H: StoreHook> Store for Hooked<H> {
+    $(async fn $name(&self, $($arg: $ty),*) -> $ret {
+        self.run(stringify!($name), self.inner.$name($($arg),*)).await
+    })*
+
+    fn backend(&self) -> &'static str {
+        self.inner.backend()
+    }
+
+    async fn commit_rows(&self, rows: Arc<Vec<InboxRow>>) -> StoreResult<Vec<RowResult>> {
+        if !rows.iter().any(|r| self.hook.fails_row(r)) {
+            return self.run("commit_rows", self.inner.commit_rows(rows)).await;
+        }
+        // The rows the hook fails are answered as failed; the others are written.
+        let kept: Vec<InboxRow> = rows
+            .iter()
+            .filter(|r| !self.hook.fails_row(r))
+            .cloned()
+            .collect();
+        let mut written = self
+            .run("commit_rows", self.inner.commit_rows(Arc::new(kept)))
+            .await?
+            .into_iter();
+        Ok(rows
+            .iter()
+            .map(|r| {
+                if self.hook.fails_row(r) {
+                    Err(StoreError::Unavailable(INJECTED.into()))
+                } else {
+                    written.next().unwrap_or(Err(StoreError::Aborted))
+                }
+            })
+            .collect())
+    }
+}
+    };
+}
+
+hooked_impl! {
+        create_tenant(tenant: TenantRecord) -> StoreResult<()>;
+        tenant_by_key_hash(hash: &str) -> StoreResult<Option<TenantRecord>>;
+        list_tenants() -> StoreResult<Vec<TenantRecord>>;
+        create_device(device: DeviceRecord) -> StoreResult<()>;
+        get_device(id: &str) -> StoreResult<Option<DeviceRecord>>;
+        device_by_address(tenant_id: &str, address: &str) -> StoreResult<Option<DeviceRecord>>;
+        list_devices(tenant_id: &str, after: Option<&str>, limit: usize) -> StoreResult<Vec<DeviceRecord>>;
+        device_counts() -> StoreResult<HashMap<String, u64>>;
+        delete_device(id: &str, now: i64) -> StoreResult<bool>;
+        set_last_seen(id: &str, ts: i64) -> StoreResult<()>;
+        upsert_contacts(device_id: &str, contacts: &[Contact]) -> StoreResult<usize>;
+        list_contacts(device_id: &str) -> StoreResult<Vec<Contact>>;
+        create_group(group: GroupRecord) -> StoreResult<()>;
+        get_group(id: &str) -> StoreResult<Option<GroupRecord>>;
+        add_group_members(id: &str, members: &[String], max_members: usize) -> StoreResult<Option<GroupRecord>>;
+        remove_group_member(id: &str, address: &str) -> StoreResult<Option<(GroupRecord, bool)>>;
+        last_seq(device_id: &str) -> StoreResult<u64>;
+        read_inbox(device_id: &str, after_seq: u64, limit: usize) -> StoreResult<Vec<InboxRow>>;
+        inbox_messages(device_id: &str, message_ids: &[String]) -> StoreResult<Vec<InboxRow>>;
+        message_copies(message_id: &str) -> StoreResult<Vec<MessageCopy>>;
+        statuses(device_id: &str, message_id: &str) -> StoreResult<Vec<StatusEntry>>;
+        recent_client_ids(device_id: &str, limit: usize) -> StoreResult<Vec<AcceptedSend>>;
+        sends_by_client_id(device_id: &str, client_id: &str) -> StoreResult<Vec<AcceptedSend>>;
+        insert_jobs(bodies: Vec<SharedBody>, jobs: Vec<JobRecord>) -> StoreResult<()>;
+        get_job(id: &str) -> StoreResult<Option<JobRecord>>;
+        job_body(id: &str) -> StoreResult<Option<Arc<str>>>;
+        queue_tail(tenant_id: &str, lane: Priority) -> StoreResult<Option<i64>>;
+        requeue_active_jobs() -> StoreResult<u64>;
+        promote_due_jobs(now: i64) -> StoreResult<u64>;
+        claim_jobs(now: i64, limit: usize, paused: &[Priority]) -> StoreResult<Vec<JobRecord>>;
+        finish_jobs(updates: Vec<JobUpdate>, now: i64) -> StoreResult<()>;
+        set_job_progress(id: &str, done: u64, now: i64) -> StoreResult<()>;
+        cancel_job(id: &str, now: i64) -> StoreResult<bool>;
+        retry_job(id: &str, now: i64, rank: i64) -> StoreResult<bool>;
+        prune_jobs(before: i64, limit: usize) -> StoreResult<u64>;
+        queue_counts() -> StoreResult<Vec<QueueCount>>;
+        lane_depths() -> StoreResult<[u64; 4]>;
+}
+
+/// Test-only faults (`test_hooks`): a store outage, slow commits, and failing inbox
+/// rows of chosen devices. The outage's error text is marked so tests can check it
+/// never reaches a client.
+#[derive(Debug, Default)]
+pub struct Faults {
+    down: AtomicBool,
+    commit_delay_ms: AtomicU64,
+    failing_devices: Arc<DashSet<String>>,
+}
+
+/// The error text of an injected outage (must never reach a client).
+pub const INJECTED: &str = "INJECTED-STORE-FAULT: do not show to clients";
+
+impl Faults {
+    /// Every call fails (`down`) or works again.
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+    }
+
+    /// Each group commit waits this long first.
+    pub fn set_commit_delay(&self, ms: u64) {
+        self.commit_delay_ms.store(ms, Ordering::SeqCst);
+    }
+
+    /// The inbox rows of `device_id` fail to commit (`fail`) or work again.
+    pub fn set_failing_device(&self, device_id: &str, fail: bool) {
+        if fail {
+            self.failing_devices.insert(device_id.to_owned());
+        } else {
+            self.failing_devices.remove(device_id);
+        }
+    }
+}
+
+impl StoreHook for Arc<Faults> {
+    fn before(&self, _op: &'static str) -> StoreResult<()> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable(INJECTED.into()));
+        }
+        Ok(())
+    }
+
+    fn delay(&self, op: &'static str) -> Option<Duration> {
+        let ms = self.commit_delay_ms.load(Ordering::SeqCst);
+        (op == "commit_rows" && ms > 0).then(|| Duration::from_millis(ms))
+    }
+
+    fn fails_row(&self, row: &InboxRow) -> bool {
+        self.failing_devices.contains(&*row.device_id)
+    }
+}

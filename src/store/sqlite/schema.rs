@@ -1,0 +1,247 @@
+//! The SQLite schema and its migrations (`PRAGMA user_version`).
+//!
+//! - v1: inbox rows each held a full copy of their message.
+//! - v2: messages are stored once (`messages`); an inbox row is a small key row
+//!   pointing at a message, or a status of one (receipts); jobs may point at a shared
+//!   body; finished jobs are pruned, their counts kept in `job_totals`; groups carry a
+//!   version.
+
+use rusqlite::Connection;
+
+/// The schema version this code writes.
+pub const VERSION: i64 = 2;
+
+/// Every table and index of v2, created idempotently.
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS tenants (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    api_key_hash TEXT NOT NULL UNIQUE,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS devices (
+    id TEXT PRIMARY KEY,
+    tenant_id TEXT NOT NULL,
+    address TEXT NOT NULL,
+    name TEXT,
+    created_at INTEGER NOT NULL,
+    last_seen INTEGER,
+    UNIQUE (tenant_id, address)
+);
+CREATE TABLE IF NOT EXISTS contacts (
+    device_id TEXT NOT NULL,
+    address TEXT NOT NULL,
+    name TEXT,
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (device_id, address)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS groups (
+    id TEXT PRIMARY KEY,
+    tenant_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    members TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    version INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS groups_tenant ON groups (tenant_id);
+CREATE TABLE IF NOT EXISTS messages (
+    id TEXT PRIMARY KEY,
+    sender_device TEXT,
+    sender TEXT NOT NULL,
+    recipient TEXT,
+    group_id TEXT,
+    body TEXT NOT NULL,
+    ts INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS inbox (
+    device_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    kind INTEGER NOT NULL,
+    message_id TEXT NOT NULL,
+    by_addr TEXT,
+    ts INTEGER NOT NULL,
+    client_id TEXT,
+    PRIMARY KEY (device_id, seq)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS inbox_message ON inbox (message_id);
+CREATE INDEX IF NOT EXISTS inbox_sent ON inbox (device_id, seq) WHERE client_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS inbox_client ON inbox (device_id, client_id) WHERE client_id IS NOT NULL;
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    tenant_id TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    lane INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    target_to TEXT,
+    target_group TEXT,
+    body TEXT NOT NULL,
+    message_id TEXT,
+    error TEXT,
+    send_at INTEGER,
+    not_before INTEGER NOT NULL,
+    rank INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    progress_done INTEGER NOT NULL DEFAULT 0,
+    progress_total INTEGER NOT NULL DEFAULT 0,
+    body_ref TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_waiting ON jobs (rank) WHERE state = 'waiting';
+CREATE INDEX IF NOT EXISTS jobs_delayed ON jobs (not_before) WHERE state = 'delayed';
+CREATE INDEX IF NOT EXISTS jobs_pending_lane ON jobs (lane, state) WHERE state IN ('waiting', 'delayed');
+CREATE INDEX IF NOT EXISTS jobs_tail ON jobs (tenant_id, lane, rank) WHERE state = 'waiting';
+CREATE INDEX IF NOT EXISTS jobs_device_pending ON jobs (device_id) WHERE state IN ('waiting', 'delayed');
+CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (updated_at) WHERE state IN ('completed', 'failed', 'cancelled');
+CREATE INDEX IF NOT EXISTS jobs_body_ref ON jobs (body_ref) WHERE body_ref IS NOT NULL;
+CREATE TABLE IF NOT EXISTS job_bodies (
+    id TEXT PRIMARY KEY,
+    tenant_id TEXT NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS job_totals (
+    tenant_id TEXT NOT NULL,
+    lane INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (tenant_id, lane, state)
+) WITHOUT ROWID;
+";
+
+/// v1 → v2, first step: the old inbox moves aside (its indexes go, their names are
+/// reused by v2).
+const V1_ASIDE: &str = "
+ALTER TABLE inbox RENAME TO inbox_v1;
+DROP INDEX IF EXISTS inbox_device_seq;
+DROP INDEX IF EXISTS inbox_message;
+DROP INDEX IF EXISTS inbox_job_send;
+";
+
+/// Columns v2 added to tables v1 had.
+const V2_COLUMNS: &[(&str, &str, &str)] = &[
+    ("groups", "version", "INTEGER NOT NULL DEFAULT 0"),
+    ("jobs", "body_ref", "TEXT"),
+];
+
+/// Copies v1 inbox rows into v2 (run after [`SCHEMA`] created the v2 tables).
+const V1_COPY: &str = "
+INSERT OR IGNORE INTO messages (id, sender_device, sender, recipient, group_id, body, ts)
+    SELECT i.message_id, s.id, i.sender, i.recipient, i.group_id, i.body, i.ts
+    FROM inbox_v1 i
+    LEFT JOIN devices r ON r.id = i.device_id
+    LEFT JOIN devices s ON s.tenant_id = r.tenant_id AND s.address = i.sender
+    ORDER BY i.device_id, i.seq;
+INSERT INTO inbox (device_id, seq, kind, message_id, by_addr, ts, client_id)
+    SELECT device_id, seq, 0, message_id, NULL, ts, client_id FROM inbox_v1;
+DROP TABLE inbox_v1;
+";
+
+fn has_column(conn: &Connection, table: &str, column: &str) -> rusqlite::Result<bool> {
+    let mut st = conn.prepare(&format!("PRAGMA table_info({table})"))?;
+    let names: Vec<String> = st
+        .query_map([], |r| r.get::<_, String>(1))?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(names.iter().any(|n| n == column))
+}
+
+/// Brings the database to [`VERSION`]: creates a new one, or migrates an older one.
+pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version >= VERSION {
+        return conn.execute_batch(SCHEMA);
+    }
+    let tx = conn.transaction()?;
+    let v1_inbox = has_column(&tx, "inbox", "body")?;
+    if v1_inbox {
+        tracing::info!("migrating the database from schema v1 to v2");
+        tx.execute_batch(V1_ASIDE)?;
+    }
+    for (table, column, decl) in V2_COLUMNS {
+        let exists: bool = tx.query_row(
+            "SELECT COUNT(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = ?1",
+            [table],
+            |r| r.get(0),
+        )?;
+        if exists && !has_column(&tx, table, column)? {
+            tx.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {decl}"))?;
+        }
+    }
+    tx.execute_batch(SCHEMA)?;
+    if v1_inbox {
+        tx.execute_batch(V1_COPY)?;
+    }
+    tx.pragma_update(None, "user_version", VERSION)?;
+    tx.commit()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_v1_database_is_migrated_with_its_data() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE devices (id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL, address TEXT NOT NULL,
+                name TEXT, created_at INTEGER NOT NULL, last_seen INTEGER, UNIQUE (tenant_id, address));
+             CREATE TABLE groups (id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL, name TEXT NOT NULL,
+                members TEXT NOT NULL, created_at INTEGER NOT NULL);
+             CREATE TABLE jobs (id TEXT PRIMARY KEY, kind TEXT NOT NULL, tenant_id TEXT NOT NULL,
+                device_id TEXT NOT NULL, lane INTEGER NOT NULL, state TEXT NOT NULL,
+                attempts INTEGER NOT NULL DEFAULT 0, target_to TEXT, target_group TEXT,
+                body TEXT NOT NULL, message_id TEXT, error TEXT, send_at INTEGER,
+                not_before INTEGER NOT NULL, rank INTEGER NOT NULL, created_at INTEGER NOT NULL,
+                updated_at INTEGER NOT NULL, progress_done INTEGER NOT NULL DEFAULT 0,
+                progress_total INTEGER NOT NULL DEFAULT 0);
+             CREATE TABLE inbox (device_id TEXT NOT NULL, seq INTEGER NOT NULL, message_id TEXT NOT NULL,
+                ts INTEGER NOT NULL, sender TEXT NOT NULL, recipient TEXT, group_id TEXT,
+                body TEXT NOT NULL, client_id TEXT);
+             CREATE UNIQUE INDEX inbox_device_seq ON inbox (device_id, seq);
+             CREATE INDEX inbox_message ON inbox (message_id);
+             INSERT INTO devices VALUES ('a', 't', '+1', NULL, 1, NULL), ('b', 't', '+2', NULL, 1, NULL);
+             INSERT INTO groups VALUES ('g', 't', 'G', '[\"+1\"]', 1);
+             INSERT INTO inbox VALUES ('a', 1, 'm1', 5, '+1', '+2', NULL, '{\"x\":1}', 'c1'),
+                                      ('b', 1, 'm1', 5, '+1', '+2', NULL, '{\"x\":1}', NULL);",
+        )
+        .unwrap();
+        migrate(&mut conn).unwrap();
+        let v: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, VERSION);
+        let (sender_device, body): (String, String) = conn
+            .query_row(
+                "SELECT sender_device, body FROM messages WHERE id = 'm1'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!((sender_device.as_str(), body.as_str()), ("a", "{\"x\":1}"));
+        let rows: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM inbox WHERE message_id = 'm1' AND kind = 0",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(rows, 2);
+        let client: String = conn
+            .query_row(
+                "SELECT client_id FROM inbox WHERE device_id = 'a'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(client, "c1");
+        let version: i64 = conn
+            .query_row("SELECT version FROM groups WHERE id = 'g'", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(version, 0);
+        // Running it again changes nothing.
+        migrate(&mut conn).unwrap();
+    }
+}
