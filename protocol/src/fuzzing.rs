@@ -117,7 +117,28 @@ pub const REST_BODIES: &[(&str, BodyDecoder)] = &[
     ("CreateGroup", round_trip::<rest::CreateGroup>),
     ("GroupMembers", round_trip::<rest::GroupMembers>),
     ("SendMessage", round_trip::<rest::SendMessage>),
+    ("BulkRequest", bulk_request),
 ];
+
+/// Decodes and validates a bulk call: an accepted one has 1 to 10,000 messages (or
+/// 100,000 campaign recipients), each with a device, exactly one target, a body.
+fn bulk_request(data: &[u8]) -> Result<(), String> {
+    let req: crate::bulk::BulkRequest = serde_json::from_slice(data).map_err(|e| e.to_string())?;
+    let parsed = req.parse(64 * 1024).map_err(|e| e.message)?;
+    assert!(!parsed.messages.is_empty());
+    assert!(parsed.messages.len() <= crate::bulk::MAX_CAMPAIGN_RECIPIENTS);
+    for m in &parsed.messages {
+        assert!(m.to.is_some() != m.group.is_some(), "{m:?}");
+        if let Some(to) = &m.to {
+            assert!(is_e164(to), "{m:?}");
+        }
+        match &m.body {
+            crate::bulk::BulkBody::Own(b) => assert!(b.starts_with('{') && b.len() <= 64 * 1024),
+            crate::bulk::BulkBody::Shared => assert!(parsed.shared.is_some()),
+        }
+    }
+    Ok(())
+}
 
 /// Decodes `data` as every REST request body; panics on a decoder invariant failure.
 pub fn rest_bodies(data: &[u8]) {

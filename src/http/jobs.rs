@@ -14,63 +14,14 @@ use std::sync::Arc;
 use actix_web::{delete, get, post, web, HttpResponse};
 use actors::clock::now_ms;
 use actors::jobs::{rank, FairRanker, JobBody, JobKind, JobRecord, JobState, SharedBody};
+use protocol::bulk::{BulkBody, BulkRequest, ParsedBulk};
 use protocol::{ErrorCode, Priority};
-use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
+use serde::Serialize;
 
 use super::body::{ApiJson, BulkLimit};
-use super::check_address;
 use crate::auth::TenantAuth;
 use crate::error::ApiError;
 use crate::state::AppState;
-
-/// Most messages in one `messages` list.
-pub const MAX_BULK_MESSAGES: usize = 10_000;
-/// Most recipients in one campaign (`to` list).
-pub const MAX_CAMPAIGN_RECIPIENTS: usize = 100_000;
-
-/// `POST /v1/messages/bulk` body: a `messages` list, or the campaign form
-/// (`device`, `to` list, `body`, `priority`). `send_at` (Unix ms) schedules them all.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-pub struct BulkRequest {
-    /// Up to 10,000 `{device, to | group, body, priority?, send_at?}`.
-    #[serde(default)]
-    #[schema(value_type = Option<Vec<Object>>)]
-    pub messages: Option<Vec<Box<RawValue>>>,
-    /// Campaign form: the sending device.
-    #[serde(default)]
-    pub device: Option<String>,
-    /// Campaign form: up to 100,000 recipient addresses.
-    #[serde(default)]
-    #[schema(value_type = Option<Vec<String>>)]
-    pub to: Option<Box<RawValue>>,
-    /// Campaign form: the body (a JSON object) every recipient gets.
-    #[serde(default)]
-    #[schema(value_type = Option<Object>)]
-    pub body: Option<Box<RawValue>>,
-    /// Campaign form: the lane (default normal).
-    #[serde(default)]
-    pub priority: Option<String>,
-    /// Not before this time (Unix ms).
-    #[serde(default)]
-    pub send_at: Option<i64>,
-}
-
-#[derive(Debug, Deserialize)]
-struct BulkItem {
-    #[serde(default)]
-    device: Option<String>,
-    #[serde(default)]
-    to: Option<String>,
-    #[serde(default)]
-    group: Option<String>,
-    #[serde(default)]
-    body: Option<Box<RawValue>>,
-    #[serde(default)]
-    priority: Option<String>,
-    #[serde(default)]
-    send_at: Option<i64>,
-}
 
 /// `POST /v1/messages/bulk` answer: one job id per message, in order.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -202,153 +153,6 @@ pub fn new_job(
     }
 }
 
-fn parse_priority(field: &str, p: Option<&str>) -> Result<Priority, ApiError> {
-    match p {
-        None => Ok(Priority::Normal),
-        Some(s) => Priority::parse(s).ok_or_else(|| {
-            ApiError::bad_request(format!(
-                "`{field}` must be critical, high, normal or low, got {s:?}"
-            ))
-        }),
-    }
-}
-
-fn parse_body(state: &AppState, field: &str, b: Option<&RawValue>) -> Result<String, ApiError> {
-    match b {
-        Some(raw) if raw.get().starts_with('{') => {
-            super::messages::check_body_size(state, raw.get())
-                .map_err(|e| ApiError::new(e.code, format!("`{field}`: {}", e.message)))?;
-            protocol::validate::check_body(raw.get())
-                .map_err(|e| ApiError::bad_request(format!("`{field}`: {e}")))?;
-            Ok(raw.get().to_owned())
-        }
-        _ => Err(ApiError::bad_request(format!(
-            "`{field}` must be a JSON object"
-        ))),
-    }
-}
-
-fn check_send_at(field: &str, v: Option<i64>) -> Result<(), ApiError> {
-    match v {
-        Some(t) if t < 0 => Err(ApiError::bad_request(format!(
-            "`{field}` must be a Unix time in milliseconds"
-        ))),
-        _ => Ok(()),
-    }
-}
-
-/// One validated message of a bulk call.
-struct Parsed {
-    device: String,
-    to: Option<String>,
-    group: Option<String>,
-    body: JobBody,
-    lane: Priority,
-    send_at: Option<i64>,
-}
-
-/// The validated messages of a bulk call, and the body they share (campaign form).
-struct ParsedBulk {
-    messages: Vec<Parsed>,
-    shared: Option<Arc<str>>,
-}
-
-fn parse_bulk(state: &AppState, req: BulkRequest) -> Result<ParsedBulk, ApiError> {
-    check_send_at("send_at", req.send_at)?;
-    if let Some(messages) = req.messages {
-        if req.device.is_some() || req.to.is_some() || req.body.is_some() {
-            return Err(ApiError::bad_request(
-                "give either `messages` or the campaign form (`device`, `to`, `body`), not both",
-            ));
-        }
-        if messages.is_empty() {
-            return Err(ApiError::bad_request("`messages` is empty"));
-        }
-        if messages.len() > MAX_BULK_MESSAGES {
-            return Err(ApiError::new(
-                ErrorCode::TooLarge,
-                format!("at most {MAX_BULK_MESSAGES} messages per call"),
-            ));
-        }
-        let mut out = Vec::with_capacity(messages.len());
-        for (i, raw) in messages.iter().enumerate() {
-            let item: BulkItem = serde_json::from_str(raw.get()).map_err(|e| {
-                ApiError::bad_request(protocol::validate::bounded(format!("messages[{i}]: {e}")))
-            })?;
-            let device = item
-                .device
-                .ok_or_else(|| ApiError::bad_request(format!("messages[{i}].device is missing")))?;
-            match (&item.to, &item.group) {
-                (Some(to), None) => check_address(&format!("messages[{i}].to"), to)?,
-                (None, Some(g)) if !g.is_empty() => {}
-                (None, Some(_)) => {
-                    return Err(ApiError::bad_request(format!(
-                        "messages[{i}].group is empty"
-                    )))
-                }
-                _ => {
-                    return Err(ApiError::bad_request(format!(
-                        "messages[{i}] needs exactly one of `to` or `group`"
-                    )))
-                }
-            }
-            let body = parse_body(state, &format!("messages[{i}].body"), item.body.as_deref())?;
-            let lane =
-                parse_priority(&format!("messages[{i}].priority"), item.priority.as_deref())?;
-            check_send_at(&format!("messages[{i}].send_at"), item.send_at)?;
-            out.push(Parsed {
-                device,
-                to: item.to,
-                group: item.group,
-                body: JobBody::Inline(body),
-                lane,
-                send_at: item.send_at.or(req.send_at),
-            });
-        }
-        return Ok(ParsedBulk {
-            messages: out,
-            shared: None,
-        });
-    }
-    let device = req
-        .device
-        .ok_or_else(|| ApiError::bad_request("give `messages`, or `device`, `to` and `body`"))?;
-    let to: Vec<String> = match &req.to {
-        Some(raw) => serde_json::from_str(raw.get()).map_err(|_| {
-            ApiError::bad_request("campaign `to` must be a list of E.164 addresses")
-        })?,
-        None => return Err(ApiError::bad_request("campaign `to` is missing")),
-    };
-    if to.is_empty() {
-        return Err(ApiError::bad_request("campaign `to` is empty"));
-    }
-    if to.len() > MAX_CAMPAIGN_RECIPIENTS {
-        return Err(ApiError::new(
-            ErrorCode::TooLarge,
-            format!("at most {MAX_CAMPAIGN_RECIPIENTS} recipients per campaign"),
-        ));
-    }
-    let body: Arc<str> = parse_body(state, "body", req.body.as_deref())?.into();
-    let body_id = format!("b_{}", ulid::Ulid::new().to_string().to_lowercase());
-    let lane = parse_priority("priority", req.priority.as_deref())?;
-    let mut out = Vec::with_capacity(to.len());
-    for (i, address) in to.into_iter().enumerate() {
-        check_address(&format!("to[{i}]"), &address)?;
-        out.push(Parsed {
-            device: device.clone(),
-            to: Some(address),
-            group: None,
-            body: JobBody::Shared(body_id.clone()),
-            lane,
-            send_at: req.send_at,
-        });
-    }
-    Ok(ParsedBulk {
-        messages: out,
-        shared: Some(body),
-    })
-}
-
 /// Spaces new jobs behind their tenant's queue in each lane (see [`FairRanker`]).
 async fn fair_ranks(
     state: &AppState,
@@ -386,7 +190,10 @@ pub async fn bulk_send(
     let ParsedBulk {
         messages: parsed,
         shared,
-    } = parse_bulk(&state, body.into_inner())?;
+    } = body
+        .into_inner()
+        .parse(state.config.max_message_bytes)
+        .map_err(|e| ApiError::new(e.code, e.message))?;
     // Each distinct device is checked once: exists, and belongs to the caller.
     let mut owner: HashMap<&str, usize> = HashMap::new();
     for (i, p) in parsed.iter().enumerate() {
@@ -410,31 +217,35 @@ pub async fn bulk_send(
         }
     }
     let now = now_ms();
-    let bodies: Vec<SharedBody> = match (&shared, parsed.first().map(|p| &p.body)) {
-        (Some(body), Some(JobBody::Shared(id))) => vec![SharedBody {
-            id: id.clone(),
-            tenant_id: tenant.0.clone(),
-            body: body.clone(),
-        }],
-        _ => Vec::new(),
-    };
+    // A campaign's body is stored once; its jobs point at it.
+    let shared = shared.map(|body| SharedBody {
+        id: format!("b_{}", ulid::Ulid::new().to_string().to_lowercase()),
+        tenant_id: tenant.0.clone(),
+        body: Arc::from(body),
+    });
     let mut jobs: Vec<JobRecord> = parsed
         .into_iter()
         .map(|p| {
+            let body = match (p.body, &shared) {
+                (BulkBody::Own(b), _) => JobBody::Inline(b),
+                (BulkBody::Shared, Some(s)) => JobBody::Shared(s.id.clone()),
+                (BulkBody::Shared, None) => JobBody::Inline(String::new()),
+            };
             new_job(
                 &state,
                 JobKind::Message,
                 &tenant.0,
                 &p.device,
-                p.lane,
+                p.priority,
                 p.to,
                 p.group,
-                p.body,
+                body,
                 p.send_at,
                 now,
             )
         })
         .collect();
+    let bodies: Vec<SharedBody> = shared.into_iter().collect();
     fair_ranks(&state, &tenant.0, &mut jobs).await?;
     let job_ids: Vec<String> = jobs.iter().map(|j| j.id.clone()).collect();
     state.env.store.insert_jobs(bodies, jobs).await?;
