@@ -8,7 +8,10 @@
 use std::future::Future;
 use std::pin::Pin;
 
+use std::sync::Arc;
+
 use actix_web::{web, FromRequest, HttpRequest};
+use actors::cache::CacheKind;
 use credentials::{hash_key, parse_api_key, secret_matches, IssueError, TokenError};
 
 use crate::error::ApiError;
@@ -109,9 +112,9 @@ impl FromRequest for TenantAuth {
                     ApiError::unauthorized("API key required (Authorization: Bearer …)")
                 })?
                 .ok_or_else(|| ApiError::unauthorized("invalid API key"))?;
-            let cache_key = format!("apikey:{hash}");
-            if let Some(tenant) = state.cache.get(&cache_key).await {
-                return Ok(TenantAuth(tenant));
+            let cache = &state.env.cache;
+            if let Some(tenant) = cache.get::<String>(CacheKind::Sessions, &hash).await {
+                return Ok(TenantAuth((*tenant).clone()));
             }
             let tenant = state
                 .env
@@ -119,16 +122,12 @@ impl FromRequest for TenantAuth {
                 .tenant_by_key_hash(&hash)
                 .await?
                 .ok_or_else(|| ApiError::unauthorized("invalid API key"))?;
-            let ttl = state.config.cache_ttl_user_session.unwrap_or(3600);
-            state
-                .cache
-                .set(
-                    &cache_key,
-                    tenant.id.clone(),
-                    std::time::Duration::from_secs(ttl),
-                )
+            cache
+                .set(CacheKind::Sessions, &hash, Arc::new(tenant.id.clone()))
                 .await;
-            Ok(TenantAuth(tenant.id))
+            let id = tenant.id.clone();
+            cache.set(CacheKind::Tenants, &id, Arc::new(tenant)).await;
+            Ok(TenantAuth(id))
         })
     }
 }

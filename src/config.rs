@@ -111,10 +111,21 @@ pub struct Config {
     pub test_hooks: bool,
     /// Idempotency window: request ids remembered per device.
     pub idempotency_window: usize,
-    /// MongoDB URI (scale-out backend; accepted, not used by the embedded default).
+    /// MongoDB URI: set, the store is MongoDB; unset, the embedded SQLite file.
     pub mongodb_uri: Option<String>,
-    /// Redis URL (scale-out backend; accepted, not used by the embedded default).
+    /// MongoDB database (default: the URI's, else `switchboard`).
+    pub mongodb_database: Option<String>,
+    /// MongoDB write concern `w` (`majority`, a number, a tag set).
+    pub mongodb_write_concern: String,
+    /// Whether MongoDB writes wait for the journal.
+    pub mongodb_journal: bool,
+    /// MongoDB read concern level (`majority`, `local`, …).
+    pub mongodb_read_concern: String,
+    /// Redis URL: set (or `REDIS_HOST`…), Redis is the shared cache layer.
     pub redis_url: Option<String>,
+    /// Prefix of every Redis key and channel of this deployment (several deployments
+    /// may share one Redis).
+    pub redis_prefix: String,
     /// Legacy Redis settings, accepted as they are.
     pub redis_host: Option<String>,
     /// Legacy Redis port.
@@ -151,6 +162,12 @@ pub struct Config {
     pub cache_ttl_whatsapp_contacts: Option<u64>,
     /// Cache TTL of device status (s).
     pub cache_ttl_device_status: Option<u64>,
+    /// Cache TTL of groups (s; default 1800).
+    pub cache_ttl_groups: Option<u64>,
+    /// Cache TTL of tenant metadata (s; default 7200).
+    pub cache_ttl_tenants: Option<u64>,
+    /// Cache TTL of finished days' message statistics (s; default 86400).
+    pub cache_ttl_stats: Option<u64>,
     /// Most entries in the in-process cache.
     pub cache_max_items: usize,
 }
@@ -205,7 +222,12 @@ impl Default for Config {
             test_hooks: false,
             idempotency_window: 1024,
             mongodb_uri: None,
+            mongodb_database: None,
+            mongodb_write_concern: "majority".into(),
+            mongodb_journal: true,
+            mongodb_read_concern: "majority".into(),
             redis_url: None,
+            redis_prefix: "sb".into(),
             redis_host: None,
             redis_port: None,
             redis_password: None,
@@ -224,6 +246,9 @@ impl Default for Config {
             cache_ttl_user_session: None,
             cache_ttl_whatsapp_contacts: None,
             cache_ttl_device_status: None,
+            cache_ttl_groups: None,
+            cache_ttl_tenants: None,
+            cache_ttl_stats: None,
             cache_max_items: 100_000,
         }
     }
@@ -258,6 +283,9 @@ const LEGACY_ENV: &[&str] = &[
     "CACHE_TTL_USER_SESSION",
     "CACHE_TTL_WHATSAPP_CONTACTS",
     "CACHE_TTL_DEVICE_STATUS",
+    "CACHE_TTL_GROUPS",
+    "CACHE_TTL_TENANTS",
+    "CACHE_TTL_STATS",
     "CACHE_MAX_ITEMS",
 ];
 
@@ -277,6 +305,47 @@ impl Config {
             .merge(Env::prefixed("SWITCHBOARD_").ignore(&["PROFILE", "CONFIG_DIR"]))
             .extract()
             .map_err(Box::new)
+    }
+
+    /// The Redis URL: `redis_url`, else one built from the replaced system's
+    /// `REDIS_HOST` / `REDIS_PORT` / `REDIS_PASSWORD` / `REDIS_DB`; `None` when Redis is
+    /// not configured.
+    pub fn redis_url(&self) -> Option<String> {
+        if let Some(url) = self.redis_url.as_ref().filter(|u| !u.is_empty()) {
+            return Some(url.clone());
+        }
+        let host = self.redis_host.as_ref().filter(|h| !h.is_empty())?;
+        let port = self.redis_port.unwrap_or(6379);
+        let auth = match self.redis_password.as_ref().filter(|p| !p.is_empty()) {
+            Some(p) => format!(":{p}@"),
+            None => String::new(),
+        };
+        let db = self.redis_db.unwrap_or(0);
+        Some(format!("redis://{auth}{host}:{port}/{db}"))
+    }
+
+    /// The MongoDB store's settings, with the replaced system's `DB_*` variables.
+    pub fn mongo_settings(&self, uri: &str) -> crate::store::mongo::MongoSettings {
+        use std::time::Duration;
+        let ms = Duration::from_millis;
+        let d = crate::store::mongo::MongoSettings::default();
+        crate::store::mongo::MongoSettings {
+            uri: uri.to_owned(),
+            database: self.mongodb_database.clone(),
+            max_pool_size: self.db_max_pool_size.or(d.max_pool_size),
+            min_pool_size: self.db_min_pool_size.or(d.min_pool_size),
+            max_idle_time: self.db_max_idle_time.map(ms).or(d.max_idle_time),
+            server_selection_timeout: self
+                .db_server_selection_timeout
+                .map(ms)
+                .unwrap_or(d.server_selection_timeout),
+            socket_timeout: self.db_socket_timeout.map(ms).or(d.socket_timeout),
+            connect_timeout: self.db_connect_timeout.map(ms).or(d.connect_timeout),
+            write_concern: self.mongodb_write_concern.clone(),
+            journal: self.mongodb_journal,
+            read_concern: self.mongodb_read_concern.clone(),
+            auto_index: self.db_auto_index.unwrap_or(true),
+        }
     }
 
     /// The actor tree's settings.

@@ -39,6 +39,12 @@ pub mod names {
     pub const QUEUE_ACTIVE: &str = "switchboard_queue_active";
     /// Whether a dispatcher lane is paused, 1 or 0 (gauge, `lane`).
     pub const QUEUE_PAUSED: &str = "switchboard_queue_paused";
+    /// Commands sent to Redis by the cache layer (counter).
+    pub const REDIS_COMMANDS: &str = "switchboard_redis_commands_total";
+    /// Whether a dependency answers, 1 or 0 (gauge, `dependency`: `store`, `redis`).
+    pub const DEPENDENCY_UP: &str = "switchboard_dependency_up";
+    /// Store calls, by operation and outcome (counter, `op`, `ok`).
+    pub const STORE_CALLS: &str = "switchboard_store_calls_total";
 }
 
 /// Latency buckets (seconds): 100 µs to 10 s.
@@ -155,6 +161,18 @@ fn describe() {
         names::QUEUE_PAUSED,
         "1 when an operator paused the dispatcher lane, else 0."
     );
+    describe_counter!(
+        names::REDIS_COMMANDS,
+        "Commands the cache layer sent to Redis (round trips)."
+    );
+    describe_gauge!(
+        names::DEPENDENCY_UP,
+        "1 when a dependency (store, redis) answered its last check, else 0."
+    );
+    describe_counter!(
+        names::STORE_CALLS,
+        "Store calls by operation and outcome (each one round trip or more to the backend)."
+    );
 }
 
 /// Sets the dispatcher lane gauges: depth from one grouped COUNT over a partial index,
@@ -188,17 +206,10 @@ fn refresh_gauges(state: &AppState) {
         gauge!(names::MAILBOX_DEPTH, "actor" => format!("persistence:writer:{slot}"))
             .set(mailbox as f64);
     }
-    // The API-key cache counts inside the `Cache` implementation: mirrored here
-    // (counters only move forward; `absolute` never lowers them).
-    let (hits, misses, size) = state.cache.counters();
-    counter!(actor_names::CACHE_HITS, "kind" => "api_keys", "layer" => "memory").absolute(hits);
-    counter!(actor_names::CACHE_MISSES, "kind" => "api_keys", "layer" => "memory").absolute(misses);
-    gauge!(actor_names::CACHE_ENTRIES, "kind" => "api_keys", "layer" => "memory").set(size as f64);
-    for (kind, s) in [
-        ("addresses", env.directory.address_cache_stats()),
-        ("groups", env.directory.group_cache_stats()),
-    ] {
-        gauge!(actor_names::CACHE_ENTRIES, "kind" => kind, "layer" => "memory").set(s.size as f64);
+    gauge!(actor_names::CACHE_ENTRIES, "kind" => "all", "layer" => "memory")
+        .set(env.cache.memory_len() as f64);
+    if let Some((_, ok)) = env.cache.remote_healthy() {
+        gauge!(names::DEPENDENCY_UP, "dependency" => "redis").set(if ok { 1.0 } else { 0.0 });
     }
 }
 
@@ -214,6 +225,11 @@ pub async fn prometheus(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(body)
+}
+
+/// Records whether a dependency (`store`, `redis`) answered its last check.
+pub fn dependency_up(dependency: &'static str, up: bool) {
+    gauge!(names::DEPENDENCY_UP, "dependency" => dependency).set(if up { 1.0 } else { 0.0 });
 }
 
 /// Counts one open WebSocket connection in the connections gauge while it lives.

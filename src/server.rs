@@ -14,7 +14,13 @@ use crate::config::Config;
 use crate::error::{json_error_handler, path_error_handler, query_error_handler};
 use crate::secrets::load_or_create;
 use crate::state::AppState;
+use actors::store::Store;
+
+use crate::store::hooked::{Faults, Hooked, ServerHook};
+use crate::store::mongo::{redacted_uri, MongoStore};
 use crate::store::sqlite::SqliteStore;
+use crate::store::timed::Timing;
+use crate::store::StoreAdmin;
 
 /// A started server.
 pub struct Running {
@@ -44,6 +50,30 @@ pub enum StartError {
     /// The actor tree did not start.
     #[error("actors: {0}")]
     Actors(String),
+    /// A setting cannot be used (a bad URL, say).
+    #[error("configuration: {0}")]
+    Config(String),
+}
+
+/// The store the configuration names: MongoDB when `MONGODB_URI` is set, else the
+/// embedded SQLite file in the data directory.
+async fn open_store(config: &Config) -> Result<(Arc<dyn Store>, Arc<dyn StoreAdmin>), StartError> {
+    match config.mongodb_uri.as_ref().filter(|u| !u.is_empty()) {
+        Some(uri) => {
+            let settings = config.mongo_settings(uri);
+            tracing::info!(uri = %redacted_uri(uri), "store: MongoDB");
+            let mongo = Arc::new(MongoStore::connect(settings).await?);
+            Ok((mongo.clone(), mongo))
+        }
+        None => {
+            let full_sync = config.sqlite_synchronous.eq_ignore_ascii_case("full");
+            let sqlite = Arc::new(SqliteStore::open(
+                &config.data_dir.join("switchboard.db"),
+                full_sync,
+            )?);
+            Ok((sqlite.clone(), sqlite))
+        }
+    }
 }
 
 /// Opens the store, starts the actor tree and the HTTP server.
@@ -59,24 +89,18 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         Some(s) if !s.is_empty() => s.clone(),
         _ => load_or_create(&config.data_dir, "jwt_secret")?.0,
     };
-    let full_sync = config.sqlite_synchronous.eq_ignore_ascii_case("full");
-    let sqlite = Arc::new(SqliteStore::open(
-        &config.data_dir.join("switchboard.db"),
-        full_sync,
-    )?);
-    sqlite.set_slow_threshold(Duration::from_millis(config.slow_query_ms));
+    let (base, store_admin) = open_store(&config).await?;
+    let timing = Arc::new(Timing::new(Duration::from_millis(config.slow_query_ms)));
     // Tests may inject store faults; production runs the store as it is.
-    let store_faults = config
-        .test_hooks
-        .then(|| Arc::new(crate::store::hooked::Faults::default()));
-    let store: Arc<dyn actors::store::Store> = match &store_faults {
-        Some(faults) => Arc::new(crate::store::hooked::Hooked::new(
-            sqlite.clone(),
-            faults.clone(),
-        )),
-        None => sqlite.clone(),
+    let store_faults = config.test_hooks.then(|| Arc::new(Faults::default()));
+    let hook = ServerHook {
+        timing: timing.clone(),
+        faults: store_faults.clone(),
     };
-    let env = Env::new(store, config.actor_settings(), config.test_hooks);
+    let store: Arc<dyn Store> = Arc::new(Hooked::new(base, hook));
+    let node_id = format!("n_{}", ulid::Ulid::new().to_string().to_lowercase());
+    let cache = crate::cache::build(&config, &node_id).map_err(StartError::Config)?;
+    let env = Env::new(store, cache, config.actor_settings(), config.test_hooks);
     let tree = actors::root::start(env.clone())
         .await
         .map_err(|e| StartError::Actors(e.to_string()))?;
@@ -85,11 +109,12 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         env,
         root: tree.root,
         ip_limits: crate::ws::guard::IpLimits::new(&config),
+        node_id,
         store_faults,
-        sqlite,
+        store_admin,
+        timing,
         admin_token: admin_token.clone(),
         tokens: TokenKeys::new(&jwt_secret),
-        cache: Arc::new(actors::cache::MemoryCache::new(config.cache_max_items)),
         shutdown: shutdown_rx,
         config: Arc::new(config.clone()),
     });

@@ -9,7 +9,6 @@ use ractor::ActorRef;
 use tokio::sync::watch;
 
 use crate::config::Config;
-use crate::store::sqlite::SqliteStore;
 
 /// Shared application state (`web::Data<AppState>`).
 pub struct AppState {
@@ -17,17 +16,18 @@ pub struct AppState {
     pub env: Arc<Env>,
     /// The root supervisor.
     pub root: ActorRef<RootMsg>,
-    /// The embedded store (for its admin statistics).
-    pub sqlite: Arc<SqliteStore>,
+    /// The backend's admin statistics.
+    pub store_admin: Arc<dyn crate::store::StoreAdmin>,
+    /// Timings of every store call.
+    pub timing: Arc<crate::store::timed::Timing>,
+    /// This node's id (random per process; names it in cache invalidations).
+    pub node_id: String,
     /// Configuration.
     pub config: Arc<Config>,
     /// The admin bearer token.
     pub admin_token: String,
     /// Device-token signing keys.
     pub tokens: TokenKeys,
-    /// Shared cache: API key hash → tenant id (`apikey:<hash>`), so authentication
-    /// usually costs no store read.
-    pub cache: Arc<dyn actors::cache::Cache>,
     /// Flips to true when the server starts shutting down.
     pub shutdown: watch::Receiver<bool>,
     /// WebSocket handshake limits (origin, per IP).

@@ -1,4 +1,5 @@
-//! The directory: which device sessions are running, and address / group lookups.
+//! The directory: which device sessions are running, and device / address / group
+//! lookups (through the [`Cache`]).
 //!
 //! A sharded index shared by every actor. Starting a session goes through the tenant's
 //! supervisor, which owns the session and serializes starts and restarts.
@@ -8,8 +9,8 @@ use std::sync::{Arc, OnceLock};
 use dashmap::DashMap;
 use ractor::{ActorRef, MessagingErr};
 
+use crate::cache::{Cache, CacheKind};
 use crate::device::DeviceMsg;
-use crate::metrics::CacheCounters;
 use crate::root::RootMsg;
 use crate::store::{DeviceRecord, GroupRecord, Store, StoreError};
 use crate::tenant::{EnsureError, TenantMsg};
@@ -31,36 +32,24 @@ pub enum RouteError {
 /// Live sessions and cached lookups.
 pub struct Directory {
     store: Arc<dyn Store>,
+    cache: Arc<Cache>,
     sessions: DashMap<String, ActorRef<DeviceMsg>>,
-    addresses: DashMap<(String, String), String>,
-    groups: DashMap<String, Arc<GroupRecord>>,
     root: OnceLock<ActorRef<RootMsg>>,
-    address_cache: CacheCounters,
-    group_cache: CacheCounters,
 }
 
-/// Hits, misses and size of one of the directory's lookup caches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LookupCacheStats {
-    /// Lookups answered from the cache.
-    pub hits: u64,
-    /// Lookups that went to the store.
-    pub misses: u64,
-    /// Entries held.
-    pub size: usize,
+/// The cache key of an address in a tenant.
+pub fn address_key(tenant_id: &str, address: &str) -> String {
+    format!("{tenant_id}/{address}")
 }
 
 impl Directory {
-    /// An empty directory over `store`.
-    pub fn new(store: Arc<dyn Store>) -> Self {
+    /// An empty directory over `store`, caching in `cache`.
+    pub fn new(store: Arc<dyn Store>, cache: Arc<Cache>) -> Self {
         Directory {
             store,
+            cache,
             sessions: DashMap::new(),
-            addresses: DashMap::new(),
-            groups: DashMap::new(),
             root: OnceLock::new(),
-            address_cache: CacheCounters::new("addresses", "memory"),
-            group_cache: CacheCounters::new("groups", "memory"),
         }
     }
 
@@ -93,12 +82,17 @@ impl Directory {
         if let Some(r) = self.running(device_id) {
             return Ok(r);
         }
-        let device = self
-            .store
-            .get_device(device_id)
-            .await?
-            .ok_or(RouteError::NoDevice)?;
-        self.start(device).await
+        let device = self.device(device_id).await?.ok_or(RouteError::NoDevice)?;
+        self.start((*device).clone()).await
+    }
+
+    /// A device record, cached.
+    pub async fn device(&self, device_id: &str) -> Result<Option<Arc<DeviceRecord>>, StoreError> {
+        self.cache
+            .get_or_load(CacheKind::Devices, device_id, || {
+                self.store.get_device(device_id)
+            })
+            .await
     }
 
     /// Starts (or finds) the session of a known device.
@@ -153,82 +147,63 @@ impl Directory {
         }
     }
 
-    /// The device id of an address in a tenant.
+    /// The device id of an address in a tenant, cached.
     pub async fn resolve(
         &self,
         tenant_id: &str,
         address: &str,
     ) -> Result<Option<String>, StoreError> {
-        let key = (tenant_id.to_owned(), address.to_owned());
-        if let Some(id) = self.addresses.get(&key) {
-            self.address_cache.hit();
-            return Ok(Some(id.clone()));
-        }
-        self.address_cache.miss();
-        let found = self.store.device_by_address(tenant_id, address).await?;
-        Ok(found.map(|d| {
-            self.addresses.insert(key, d.id.clone());
-            d.id
-        }))
+        let key = address_key(tenant_id, address);
+        let found = self
+            .cache
+            .get_or_load(CacheKind::Addresses, &key, || async {
+                let device = self.store.device_by_address(tenant_id, address).await?;
+                Ok::<_, StoreError>(device.map(|d| d.id))
+            })
+            .await?;
+        Ok(found.map(|id| (*id).clone()))
     }
 
-    /// Forgets a deleted device's address.
-    pub fn forget_address(&self, tenant_id: &str, address: &str) {
-        self.addresses
-            .remove(&(tenant_id.to_owned(), address.to_owned()));
+    /// A deleted device is forgotten by every cache (and every node's).
+    pub async fn forget_device(&self, device: &DeviceRecord) {
+        let cache = &self.cache;
+        cache
+            .invalidate(
+                CacheKind::Addresses,
+                &address_key(&device.tenant_id, &device.address),
+            )
+            .await;
+        cache.invalidate(CacheKind::Devices, &device.id).await;
+        cache.invalidate(CacheKind::DeviceStatus, &device.id).await;
+        cache.invalidate(CacheKind::Contacts, &device.id).await;
     }
 
     /// A group, cached.
     pub async fn group(&self, group_id: &str) -> Result<Option<Arc<GroupRecord>>, StoreError> {
-        if let Some(g) = self.groups.get(group_id) {
-            self.group_cache.hit();
-            return Ok(Some(g.clone()));
+        if let Some(g) = self
+            .cache
+            .get::<GroupRecord>(CacheKind::Groups, group_id)
+            .await
+        {
+            return Ok(Some(g));
         }
-        self.group_cache.miss();
         let found = self.store.get_group(group_id).await?.map(Arc::new);
         if let Some(g) = &found {
-            self.cache_group(g.clone());
+            self.cache
+                .set_versioned(CacheKind::Groups, group_id, g.clone(), g.version)
+                .await;
         }
         Ok(found)
     }
 
-    /// A group's members changed: the cache takes the new version at once (so a
-    /// removed member stops receiving with the next send), and never lets an older
-    /// copy, read before the change, replace it.
-    pub fn group_changed(&self, group: Arc<GroupRecord>) {
-        self.cache_group(group);
-    }
-
-    fn cache_group(&self, group: Arc<GroupRecord>) {
-        match self.groups.entry(group.id.clone()) {
-            dashmap::Entry::Occupied(mut e) => {
-                if e.get().version <= group.version {
-                    e.insert(group);
-                }
-            }
-            dashmap::Entry::Vacant(e) => {
-                e.insert(group);
-            }
-        }
-    }
-
-    /// Counters of the address cache ((tenant, address) → device id).
-    pub fn address_cache_stats(&self) -> LookupCacheStats {
-        let (hits, misses) = self.address_cache.get();
-        LookupCacheStats {
-            hits,
-            misses,
-            size: self.addresses.len(),
-        }
-    }
-
-    /// Counters of the group cache (group id → group).
-    pub fn group_cache_stats(&self) -> LookupCacheStats {
-        let (hits, misses) = self.group_cache.get();
-        LookupCacheStats {
-            hits,
-            misses,
-            size: self.groups.len(),
-        }
+    /// A group's members changed: every node drops its copy, and the new version is
+    /// cached at once (so a removed member stops receiving with the next send); an
+    /// older copy, read before the change, never replaces it.
+    pub async fn group_changed(&self, group: Arc<GroupRecord>) {
+        let id = group.id.clone();
+        let version = group.version;
+        self.cache
+            .replace_versioned(CacheKind::Groups, &id, group, version)
+            .await;
     }
 }

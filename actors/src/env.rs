@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use crate::cache::Cache;
 use crate::directory::Directory;
 use crate::dispatcher::DispatcherHandle;
 use crate::limits::SharedLimits;
@@ -14,6 +15,8 @@ use crate::store::Store;
 pub struct Env {
     /// Durable state.
     pub store: Arc<dyn Store>,
+    /// Every cache (in-process, over Redis when configured).
+    pub cache: Arc<Cache>,
     /// Live sessions and address lookups.
     pub directory: Directory,
     /// Group-commit writers.
@@ -34,9 +37,15 @@ pub struct Env {
 
 impl Env {
     /// A new environment; the actor tree is started by [`crate::root::start`].
-    pub fn new(store: Arc<dyn Store>, settings: Settings, test_hooks: bool) -> Arc<Env> {
+    pub fn new(
+        store: Arc<dyn Store>,
+        cache: Arc<Cache>,
+        settings: Settings,
+        test_hooks: bool,
+    ) -> Arc<Env> {
         Arc::new(Env {
-            directory: Directory::new(store.clone()),
+            directory: Directory::new(store.clone(), cache.clone()),
+            cache,
             persistence: PersistencePool::new(settings.writers),
             limits: SharedLimits::new(
                 settings.tenant_rate_per_minute,

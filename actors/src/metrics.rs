@@ -12,11 +12,8 @@
 //! label: a series per tenant and bucket would multiply the scrape size for little use.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 
-use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
-
-use crate::Env;
+use metrics::{counter, histogram, Counter, Histogram};
 
 /// Metric family names, shared with the server (which describes and renders them).
 pub mod names {
@@ -165,11 +162,6 @@ pub struct ActorMetrics {
     pub restarts_tenant: Counter,
     /// Persistence writer restarts.
     pub restarts_writer: Counter,
-    /// The device sessions' contact caches.
-    pub contacts: CacheCounters,
-    /// Contact lists currently cached by sessions (per server).
-    pub contact_lists: AtomicU64,
-    contact_lists_gauge: Gauge,
 }
 
 impl Default for ActorMetrics {
@@ -185,32 +177,7 @@ impl Default for ActorMetrics {
             restarts_session: counter!(names::RESTARTS, "kind" => "device_session"),
             restarts_tenant: counter!(names::RESTARTS, "kind" => "tenant_supervisor"),
             restarts_writer: counter!(names::RESTARTS, "kind" => "persistence_writer"),
-            contacts: CacheCounters::new("contacts", "session"),
-            contact_lists: AtomicU64::new(0),
-            contact_lists_gauge: gauge!(names::CACHE_ENTRIES, "kind" => "contacts", "layer" => "session"),
         }
-    }
-}
-
-/// Counts one cached contact list for as long as it lives (dropped with the session's
-/// state, whether it stopped or crashed).
-pub struct CachedEntry(Arc<Env>);
-
-impl CachedEntry {
-    /// Counts a contact list cached by a session.
-    pub fn contact_list(env: &Arc<Env>) -> Self {
-        let m = &env.stats.metrics;
-        m.contact_lists.fetch_add(1, Ordering::Relaxed);
-        m.contact_lists_gauge.increment(1.0);
-        CachedEntry(env.clone())
-    }
-}
-
-impl Drop for CachedEntry {
-    fn drop(&mut self) {
-        let m = &self.0.stats.metrics;
-        m.contact_lists.fetch_sub(1, Ordering::Relaxed);
-        m.contact_lists_gauge.decrement(1.0);
     }
 }
 

@@ -21,6 +21,9 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use crate::stats::Stats;
 use crate::store::{InboxRow, RowResult, Store, StoreError};
 
+/// How long a writer keeps retrying one batch.
+const RETRY_BUDGET: Duration = Duration::from_millis(500);
+
 /// Runs once the row it came with is durable (or failed for good).
 pub type Completion = Box<dyn FnOnce(RowResult) + Send>;
 
@@ -180,6 +183,9 @@ async fn commit(state: &mut WriterState) {
         match &result {
             Ok(_) => break,
             Err(e) if !e.is_transient() => break,
+            // A store that is away costs a timeout per try: give up on this batch
+            // (its senders answer `unavailable`) rather than hold every sender.
+            Err(_) if started.elapsed() > RETRY_BUDGET => break,
             Err(e) => {
                 tracing::warn!(error = %e, attempt, rows = n, "inbox commit failed, retrying");
                 tokio::time::sleep(Duration::from_millis(20 << attempt)).await;

@@ -2,35 +2,41 @@
 //! by kind and layer) and `GET /admin/db/stats` (tables, indexes and their use, slow
 //! store operations).
 
-use std::sync::atomic::Ordering;
-
-use actix_web::{get, web, HttpResponse};
+use actix_web::{delete, get, web, HttpResponse};
+use actors::cache::CacheKind;
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 
 use crate::auth::AdminAuth;
 use crate::error::ApiError;
 use crate::state::AppState;
 
-/// Counters of one cache.
+/// Counters of one cache kind in one layer.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct CacheStat {
-    /// What it caches: `api_keys`, `contacts`, `addresses`, `groups`.
+    /// What it caches: `sessions` (API keys), `tenants`, `devices`, `device_status`,
+    /// `addresses`, `groups`, `contacts`, `stats`; `all` in the total.
     pub kind: &'static str,
-    /// Where it lives: `memory` (in-process map), `session` (inside device sessions),
-    /// `redis` (when configured).
+    /// Where it lives: `memory` (in-process) or `redis` (when configured).
     pub layer: &'static str,
-    /// Lookups answered from the cache.
+    /// Lookups answered by this layer.
     pub hits: u64,
-    /// Lookups that went to the store.
+    /// Lookups this layer could not answer.
     pub misses: u64,
     /// `hits / (hits + misses)`, null before the first lookup.
     pub hit_rate: Option<f64>,
-    /// Entries held now.
-    pub size: u64,
+    /// Entries held now (null when the layer could not say).
+    pub size: Option<u64>,
 }
 
 impl CacheStat {
-    fn new(kind: &'static str, layer: &'static str, hits: u64, misses: u64, size: u64) -> Self {
+    fn new(
+        kind: &'static str,
+        layer: &'static str,
+        hits: u64,
+        misses: u64,
+        size: Option<u64>,
+    ) -> Self {
         let total = hits + misses;
         CacheStat {
             kind,
@@ -48,7 +54,8 @@ impl CacheStat {
 pub struct CacheStats {
     /// One entry per cache kind and layer.
     pub caches: Vec<CacheStat>,
-    /// Over every cache.
+    /// Over every kind, per layer: a lookup answered by the first layer (memory) is
+    /// its hit; `hit_rate` here is the share of lookups answered by any layer.
     pub total: CacheStat,
 }
 
@@ -58,45 +65,80 @@ pub struct CacheStats {
     responses((status = 200, body = CacheStats), (status = 401, body = protocol::error::ErrorBody)))]
 #[get("/admin/cache/stats")]
 pub async fn cache_stats(_: AdminAuth, state: web::Data<AppState>) -> HttpResponse {
-    let env = &state.env;
-    let (key_hits, key_misses, key_size) = state.cache.counters();
-    let contacts = &env.stats.metrics;
-    let (contact_hits, contact_misses) = contacts.contacts.get();
-    let addresses = env.directory.address_cache_stats();
-    let groups = env.directory.group_cache_stats();
-    let caches = vec![
-        CacheStat::new("api_keys", "memory", key_hits, key_misses, key_size as u64),
-        CacheStat::new(
-            "contacts",
-            "session",
-            contact_hits,
-            contact_misses,
-            contacts.contact_lists.load(Ordering::Relaxed),
-        ),
-        CacheStat::new(
-            "addresses",
-            "memory",
-            addresses.hits,
-            addresses.misses,
-            addresses.size as u64,
-        ),
-        CacheStat::new(
-            "groups",
-            "memory",
-            groups.hits,
-            groups.misses,
-            groups.size as u64,
-        ),
-    ];
-    let sum = |f: fn(&CacheStat) -> u64| caches.iter().map(f).sum::<u64>();
+    let stats = state.env.cache.stats().await;
+    let caches: Vec<CacheStat> = stats
+        .iter()
+        .map(|s| CacheStat::new(s.kind.name(), s.layer, s.hits, s.misses, s.size))
+        .collect();
+    // Every lookup starts in memory: its hits plus the remote layer's are answered.
+    let lookups: u64 = stats
+        .iter()
+        .filter(|s| s.layer == "memory")
+        .map(|s| s.hits + s.misses)
+        .sum();
+    let answered: u64 = stats.iter().map(|s| s.hits).sum();
+    let size = stats
+        .iter()
+        .filter(|s| s.layer == "memory")
+        .filter_map(|s| s.size)
+        .sum();
     let total = CacheStat::new(
         "all",
         "all",
-        sum(|c| c.hits),
-        sum(|c| c.misses),
-        sum(|c| c.size),
+        answered,
+        lookups.saturating_sub(answered),
+        Some(size),
     );
     HttpResponse::Ok().json(CacheStats { caches, total })
+}
+
+fn cache_kind(name: &str) -> Result<CacheKind, ApiError> {
+    CacheKind::parse(name).ok_or_else(|| {
+        let kinds: Vec<&str> = CacheKind::ALL.iter().map(|k| k.name()).collect();
+        ApiError::bad_request(format!(
+            "unknown cache kind {}; one of {}",
+            protocol::validate::quoted(name),
+            kinds.join(", ")
+        ))
+    })
+}
+
+/// `DELETE /admin/cache/{kind}`: drops every entry of a kind, from every layer and
+/// every node (the replaced system's admin cache management). Logged.
+#[utoipa::path(delete, path = "/admin/cache/{kind}", tag = "admin",
+    params(("kind" = String, Path, description = "sessions, tenants, devices, device_status, addresses, groups, contacts or stats")),
+    responses((status = 204), (status = 400, body = protocol::error::ErrorBody),
+        (status = 401, body = protocol::error::ErrorBody)))]
+#[delete("/admin/cache/{kind}")]
+pub async fn clear_cache_kind(
+    _: AdminAuth,
+    state: web::Data<AppState>,
+    kind: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let kind = cache_kind(&kind)?;
+    state.env.cache.invalidate_kind(kind).await;
+    tracing::info!(kind = kind.name(), "admin: cache kind cleared");
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// `DELETE /admin/cache/{kind}/{key}`: drops one entry, from every layer and every
+/// node. Logged.
+#[utoipa::path(delete, path = "/admin/cache/{kind}/{key}", tag = "admin",
+    params(("kind" = String, Path, description = "the cache kind"),
+           ("key" = String, Path, description = "the entry's key (a device id, group id, `tenant/address`…)")),
+    responses((status = 204), (status = 400, body = protocol::error::ErrorBody),
+        (status = 401, body = protocol::error::ErrorBody)))]
+#[delete("/admin/cache/{kind}/{key:.*}")]
+pub async fn clear_cache_entry(
+    _: AdminAuth,
+    state: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (kind, key) = path.into_inner();
+    let kind = cache_kind(&kind)?;
+    state.env.cache.invalidate(kind, &key).await;
+    tracing::info!(kind = kind.name(), %key, "admin: cache entry cleared");
+    Ok(HttpResponse::NoContent().finish())
 }
 
 /// Query of `GET /admin/db/stats`.
@@ -121,6 +163,23 @@ pub async fn db_stats(
     query: web::Query<DbStatsQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let hours = query.hours.unwrap_or(24).min(24 * 365);
-    let stats = state.sqlite.db_stats(hours).await?;
-    Ok(HttpResponse::Ok().json(stats))
+    let timing = &state.timing;
+    let backend = state.store_admin.admin_stats(&timing.calls()).await?;
+    let window_ms = i64::try_from(hours.saturating_mul(3_600_000)).unwrap_or(i64::MAX);
+    let since = actors::clock::now_ms().saturating_sub(window_ms);
+    let mut body = json!({
+        "backend": state.env.store.backend(),
+        "operations": timing.operations(),
+        "slow_operations": {
+            "threshold_ms": timing.threshold_ms(),
+            "hours": hours,
+            "capacity": crate::store::timed::SLOW_LOG_CAPACITY,
+            "items": timing.slow_since(since),
+        },
+    });
+    // The backend's own part (tables or collections, indexes, plans) beside them.
+    if let (Some(out), serde_json::Value::Object(extra)) = (body.as_object_mut(), backend) {
+        out.extend(extra);
+    }
+    Ok(HttpResponse::Ok().json(body))
 }

@@ -1,8 +1,9 @@
 //! Devices, their tokens and their contacts.
 
 use actix_web::{delete, get, post, put, web, HttpResponse};
+use actors::cache::CacheKind;
 use actors::clock::now_ms;
-use actors::device::DeviceMsg;
+use actors::device::{DeviceMsg, DeviceStatus};
 use actors::store::DeviceRecord;
 use credentials::DeviceClaims;
 use protocol::rest::{
@@ -29,10 +30,11 @@ pub async fn owned_device(
 ) -> Result<DeviceRecord, ApiError> {
     let device = state
         .env
-        .store
-        .get_device(id)
+        .directory
+        .device(id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no device {id}")))?;
+    let device = (*device).clone();
     if device.tenant_id != tenant.0 {
         return Err(ApiError::new(
             ErrorCode::Forbidden,
@@ -42,14 +44,30 @@ pub async fn owned_device(
     Ok(device)
 }
 
-/// The API view of a device, with live presence from its session when running.
+/// The API view of a device, with its presence: from its session when it runs here,
+/// else from the status its session last published in the cache.
 pub async fn device_view(state: &AppState, d: DeviceRecord) -> Device {
     let mut connected = false;
     let mut last_seen = d.last_seen;
-    if let Some(session) = state.env.directory.running(&d.id) {
-        if let Ok(info) = ractor::call!(session, DeviceMsg::Info) {
+    let live = match state.env.directory.running(&d.id) {
+        Some(session) => ractor::call!(session, DeviceMsg::Info).ok(),
+        None => None,
+    };
+    match live {
+        Some(info) => {
             connected = info.connections > 0;
             last_seen = info.last_seen.or(last_seen);
+        }
+        None => {
+            let status = state
+                .env
+                .cache
+                .get::<DeviceStatus>(CacheKind::DeviceStatus, &d.id)
+                .await;
+            if let Some(s) = status {
+                connected = s.connected;
+                last_seen = s.last_seen.or(last_seen);
+            }
         }
     }
     Device {
@@ -176,8 +194,7 @@ pub async fn delete_device(
     // What its last session queued is durable, so it is deleted with the rest.
     env.persistence.barrier(&device.id).await;
     env.store.delete_device(&device.id, now_ms()).await?;
-    env.directory
-        .forget_address(&device.tenant_id, &device.address);
+    env.directory.forget_device(&device).await;
     tracing::info!(device_id = %device.id, tenant_id = %device.tenant_id, "device deleted");
     Ok(HttpResponse::NoContent().finish())
 }
@@ -266,8 +283,9 @@ pub async fn put_contacts(
         .await?;
     state
         .env
-        .directory
-        .deliver_if_running(&device.id, DeviceMsg::InvalidateContacts);
+        .cache
+        .invalidate(CacheKind::Contacts, &device.id)
+        .await;
     Ok(HttpResponse::Ok().json(Upserted { upserted }))
 }
 
@@ -282,8 +300,14 @@ pub async fn get_contacts(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let device = owned_device(&state, &tenant, &id).await?;
-    let session = state.env.directory.session(&device.id).await?;
-    let contacts = ractor::call!(session, DeviceMsg::Contacts)
-        .map_err(|_| ApiError::new(ErrorCode::Unavailable, "device session restarting; retry"))??;
+    let store = &state.env.store;
+    let contacts = state
+        .env
+        .cache
+        .get_or_load(CacheKind::Contacts, &device.id, || async {
+            store.list_contacts(&device.id).await.map(Some)
+        })
+        .await?
+        .unwrap_or_default();
     Ok(HttpResponse::Ok().json(serde_json::json!({ "contacts": &*contacts })))
 }

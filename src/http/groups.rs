@@ -57,10 +57,11 @@ async fn owned_group(
 ) -> Result<GroupRecord, ApiError> {
     let g = state
         .env
-        .store
-        .get_group(id)
+        .directory
+        .group(id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no group {id}")))?;
+    let g = (*g).clone();
     if g.tenant_id != tenant.0 {
         return Err(ApiError::new(
             ErrorCode::Forbidden,
@@ -135,7 +136,11 @@ pub async fn add_members(
             other => other.into(),
         })?
         .ok_or_else(|| ApiError::not_found(format!("no group {id}")))?;
-    state.env.directory.group_changed(Arc::new(updated.clone()));
+    state
+        .env
+        .directory
+        .group_changed(Arc::new(updated.clone()))
+        .await;
     Ok(HttpResponse::Ok().json(view(updated)))
 }
 
@@ -162,6 +167,10 @@ pub async fn remove_member(
     if !removed {
         return Err(ApiError::not_found(format!("{address} is not a member")));
     }
-    state.env.directory.group_changed(Arc::new(updated.clone()));
+    state
+        .env
+        .directory
+        .group_changed(Arc::new(updated.clone()))
+        .await;
     Ok(HttpResponse::Ok().json(view(updated)))
 }

@@ -200,7 +200,7 @@ pub async fn bulk_send(
         owner.entry(p.device.as_str()).or_insert(i);
     }
     for (device_id, first) in owner {
-        let device = state.env.store.get_device(device_id).await?;
+        let device = state.env.directory.device(device_id).await?;
         match device {
             None => {
                 return Err(ApiError::not_found(format!(

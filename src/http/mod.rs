@@ -10,6 +10,7 @@ pub mod jobs;
 pub mod messages;
 pub mod ops;
 pub mod queues;
+pub mod stats;
 
 use actix_web::web;
 
@@ -44,8 +45,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(queues::restart_queues)
         .service(queues::pause_lane)
         .service(queues::resume_lane)
+        .service(stats::message_stats)
         .service(ops::health)
         .service(admin_ops::cache_stats)
+        .service(admin_ops::clear_cache_kind)
+        .service(admin_ops::clear_cache_entry)
         .service(admin_ops::db_stats)
         .service(crate::metrics::prometheus)
         .service(ops::openapi_json);

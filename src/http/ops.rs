@@ -40,8 +40,11 @@ use crate::state::AppState;
         super::queues::restart_queues,
         super::queues::pause_lane,
         super::queues::resume_lane,
+        super::stats::message_stats,
         health,
         super::admin_ops::cache_stats,
+        super::admin_ops::clear_cache_kind,
+        super::admin_ops::clear_cache_entry,
         super::admin_ops::db_stats,
         crate::metrics::prometheus,
         crate::admin::get_tree,
@@ -76,8 +79,26 @@ pub async fn health(state: web::Data<AppState>) -> HttpResponse {
     if let Err(e) = &store {
         tracing::warn!(error = %e, "health: store check failed");
     }
+    // A cache layer that is away degrades the node (it serves from memory) but does
+    // not make it unready.
+    let remote = state.env.cache.remote_healthy();
+    let cache = match remote {
+        Some((layer, ok)) => json!({
+            "layers": ["memory", layer],
+            "ok": ok,
+            "state": if ok { "ok" } else { "degraded" },
+        }),
+        None => json!({"layers": ["memory"], "ok": true, "state": "ok"}),
+    };
+    crate::metrics::dependency_up("store", store.is_ok());
+    let degraded = remote.is_some_and(|(_, ok)| !ok);
+    let status = match (ready, degraded) {
+        (false, _) => "unavailable",
+        (true, true) => "degraded",
+        (true, false) => "ok",
+    };
     let body = json!({
-        "status": if ready { "ok" } else { "unavailable" },
+        "status": status,
         "live": root,
         "ready": ready,
         "shutting_down": shutting_down,
@@ -88,6 +109,7 @@ pub async fn health(state: web::Data<AppState>) -> HttpResponse {
                 "latency_ms": store_ms,
                 "error": store.err().map(|_| "storage unavailable"),
             },
+            "cache": cache,
             "actors": {
                 "ok": tree_ok,
                 "root": root,

@@ -1,7 +1,8 @@
 //! A [`Store`] decorator: runs a [`StoreHook`] around every call of an inner store.
 //! One mechanism for everything that watches or bends store calls without knowing the
-//! backend: the test-only fault injection ([`Faults`]) today, timing for the admin
-//! statistics later.
+//! backend: timing for the admin statistics ([`super::timed::Timing`]) and, in tests,
+//! fault injection ([`Faults`]); [`ServerHook`] is both, the one decorator the server
+//! puts around its store.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -11,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use actors::jobs::{JobRecord, JobUpdate, QueueCount, SharedBody};
 use actors::store::{
-    AcceptedSend, DeviceRecord, GroupRecord, InboxRow, MessageCopy, RowResult, StatusEntry, Store,
-    StoreError, StoreResult, TenantRecord,
+    AcceptedSend, DayStats, DeviceRecord, GroupRecord, InboxRow, MessageCopy, RowResult,
+    StatusEntry, Store, StoreError, StoreResult, TenantRecord,
 };
 use async_trait::async_trait;
 use dashmap::DashSet;
@@ -139,6 +140,7 @@ hooked_impl! {
         statuses(device_id: &str, message_id: &str) -> StoreResult<Vec<StatusEntry>>;
         recent_client_ids(device_id: &str, limit: usize) -> StoreResult<Vec<AcceptedSend>>;
         sends_by_client_id(device_id: &str, client_id: &str) -> StoreResult<Vec<AcceptedSend>>;
+        message_stats(tenant_id: &str, device_id: Option<&str>, from: i64, to: i64) -> StoreResult<Vec<DayStats>>;
         insert_jobs(bodies: Vec<SharedBody>, jobs: Vec<JobRecord>) -> StoreResult<()>;
         get_job(id: &str) -> StoreResult<Option<JobRecord>>;
         job_body(id: &str) -> StoreResult<Option<Arc<str>>>;
@@ -204,5 +206,34 @@ impl StoreHook for Arc<Faults> {
 
     fn fails_row(&self, row: &InboxRow) -> bool {
         self.failing_devices.contains(&*row.device_id)
+    }
+}
+
+/// The server's hook: timing always, faults when test hooks are on.
+pub struct ServerHook {
+    /// Per-operation timings.
+    pub timing: Arc<super::timed::Timing>,
+    /// Injected faults (tests only).
+    pub faults: Option<Arc<Faults>>,
+}
+
+impl StoreHook for ServerHook {
+    fn before(&self, op: &'static str) -> StoreResult<()> {
+        match &self.faults {
+            Some(f) => f.before(op),
+            None => Ok(()),
+        }
+    }
+
+    fn delay(&self, op: &'static str) -> Option<Duration> {
+        self.faults.as_ref().and_then(|f| f.delay(op))
+    }
+
+    fn after(&self, op: &'static str, elapsed: Duration, ok: bool) {
+        self.timing.after(op, elapsed, ok);
+    }
+
+    fn fails_row(&self, row: &InboxRow) -> bool {
+        self.faults.as_ref().is_some_and(|f| f.fails_row(row))
     }
 }

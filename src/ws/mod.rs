@@ -56,10 +56,11 @@ pub async fn upgrade(
     let claims = state.tokens.verify(token)?;
     let device = state
         .env
-        .store
-        .get_device(&claims.sub)
+        .directory
+        .device(&claims.sub)
         .await?
         .filter(|d| d.tenant_id == claims.tid)
+        .map(|d| (*d).clone())
         .ok_or_else(|| ApiError::unauthorized("device no longer exists"))?;
     if *state.shutdown.borrow() {
         return Err(ApiError::new(

@@ -33,7 +33,8 @@ impl TestServer {
         Self::start_with(|_| {}).await
     }
 
-    /// Starts a server after `tweak` adjusts the configuration.
+    /// Starts a server after `tweak` adjusts the configuration. The backends come from
+    /// the environment (see [`test_backends`]): the embedded store by default.
     pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
         let mut config = Config {
@@ -43,6 +44,7 @@ impl TestServer {
             workers: 2,
             ..Config::default()
         };
+        test_backends(&mut config, &unique_name());
         tweak(&mut config);
         let running = switchboard::server::start(config).await.unwrap();
         let addr = running.addr;
@@ -119,6 +121,63 @@ pub async fn call(
     let status = res.status().as_u16();
     let text = res.text().await.unwrap();
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+/// A name no other test uses (a database, a key prefix).
+pub fn unique_name() -> String {
+    format!("t{}", ulid::Ulid::new().to_string().to_lowercase())
+}
+
+/// The MongoDB URI of the test run (`./scripts/test` starts nx-27017 and sets it).
+pub fn mongodb_uri() -> String {
+    std::env::var("SWITCHBOARD_TEST_MONGODB_URI").unwrap_or_else(|_| {
+        panic!("SWITCHBOARD_TEST_MONGODB_URI is not set: run ./scripts/test (it starts the servers), or point it at a MongoDB")
+    })
+}
+
+/// The Redis URL of the test run (`./scripts/test` starts redis-server and sets it).
+pub fn redis_url() -> String {
+    std::env::var("SWITCHBOARD_TEST_REDIS_URL").unwrap_or_else(|_| {
+        panic!("SWITCHBOARD_TEST_REDIS_URL is not set: run ./scripts/test (it starts the servers), or point it at a Redis")
+    })
+}
+
+/// Whether this run puts the suites on MongoDB (`SWITCHBOARD_TEST_BACKEND=mongodb`).
+pub fn on_mongodb() -> bool {
+    std::env::var("SWITCHBOARD_TEST_BACKEND").as_deref() == Ok("mongodb")
+}
+
+/// Whether this run puts the Redis cache layer under the suites
+/// (`SWITCHBOARD_TEST_CACHE=redis`).
+pub fn on_redis() -> bool {
+    std::env::var("SWITCHBOARD_TEST_CACHE").as_deref() == Ok("redis")
+}
+
+/// Points `config` at the backends of this run: MongoDB (database `name`) and / or
+/// Redis (key prefix `name`) when the environment asks for them.
+pub fn test_backends(config: &mut Config, name: &str) {
+    if on_mongodb() {
+        config.mongodb_uri = Some(mongodb_uri());
+        config.mongodb_database = Some(name.to_owned());
+    }
+    if on_redis() {
+        config.redis_url = Some(redis_url());
+        config.redis_prefix = name.to_owned();
+    }
+}
+
+/// The same as environment variables for a child process.
+pub fn test_backend_env(name: &str) -> Vec<(String, String)> {
+    let mut env = Vec::new();
+    if on_mongodb() {
+        env.push(("MONGODB_URI".into(), mongodb_uri()));
+        env.push(("SWITCHBOARD_MONGODB_DATABASE".into(), name.to_owned()));
+    }
+    if on_redis() {
+        env.push(("REDIS_URL".into(), redis_url()));
+        env.push(("SWITCHBOARD_REDIS_PREFIX".into(), name.to_owned()));
+    }
+    env
 }
 
 static NEXT_ADDRESS: AtomicU32 = AtomicU32::new(1);
@@ -415,8 +474,18 @@ impl ChildServer {
         use std::process::Stdio;
         use tokio::io::AsyncBufReadExt;
 
+        // One database / key prefix per data directory, so a restart finds its data.
+        let name = format!(
+            "c{:x}",
+            data_dir
+                .to_string_lossy()
+                .bytes()
+                .fold(0xcbf29ce484222325u64, |h, b| (h ^ u64::from(b))
+                    .wrapping_mul(0x100000001b3))
+        );
         let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchboard"));
         child
+            .envs(test_backend_env(&name))
             .arg("serve")
             .env("SWITCHBOARD_BIND", "127.0.0.1:0")
             .env("SWITCHBOARD_DATA_DIR", data_dir)
@@ -447,5 +516,124 @@ impl ChildServer {
             base: format!("http://{addr}"),
             ws_base: format!("ws://{addr}"),
         }
+    }
+}
+
+/// A free TCP port on loopback (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits until something accepts TCP connections on `port`.
+pub async fn wait_port(port: u16) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nothing listens on {port}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A dependency server of a test's own (so the test may kill it): `redis-server` or
+/// `nx-27017`, a child process stopped by PID when dropped.
+pub struct OwnServer {
+    child: Option<std::process::Child>,
+    /// Its port.
+    pub port: u16,
+    program: String,
+    args: Vec<String>,
+}
+
+impl OwnServer {
+    /// A `redis-server` on a free port (no persistence).
+    pub async fn redis() -> OwnServer {
+        let port = free_port();
+        let args = [
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        Self::run("redis-server".into(), args, port).await
+    }
+
+    /// An `nx-27017` (MongoDB wire protocol over SQLite) on a free port, its data in
+    /// `db`. The binary is `SWITCHBOARD_TEST_NX` (set by `./scripts/test`).
+    pub async fn nx(db: &std::path::Path) -> OwnServer {
+        let program = std::env::var("SWITCHBOARD_TEST_NX").unwrap_or_else(|_| {
+            panic!("SWITCHBOARD_TEST_NX is not set: run ./scripts/test (it installs nx-27017)")
+        });
+        let port = free_port();
+        let args = vec![
+            "--db".into(),
+            db.to_string_lossy().into_owned(),
+            "--host".into(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            port.to_string(),
+        ];
+        Self::run(program, args, port).await
+    }
+
+    async fn run(program: String, args: Vec<String>, port: u16) -> OwnServer {
+        let mut s = OwnServer {
+            child: None,
+            port,
+            program,
+            args,
+        };
+        s.start().await;
+        s
+    }
+
+    /// Starts it (again) on the same port.
+    pub async fn start(&mut self) {
+        let child = std::process::Command::new(&self.program)
+            .args(&self.args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.program));
+        self.child = Some(child);
+        wait_port(self.port).await;
+    }
+
+    /// Kills it (SIGKILL) and waits for it to be gone.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// The URL of a `redis-server`.
+    pub fn redis_url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// The URI of an `nx-27017`.
+    pub fn mongodb_uri(&self) -> String {
+        format!("mongodb://127.0.0.1:{}/?directConnection=true", self.port)
+    }
+}
+
+impl Drop for OwnServer {
+    fn drop(&mut self) {
+        self.kill();
     }
 }

@@ -417,10 +417,11 @@ async fn metrics_are_prometheus_text_and_move_with_traffic() {
     let addresses = [("kind", "addresses"), ("layer", "memory")];
     assert!(delta("switchboard_cache_misses_total", &addresses) >= 1.0);
     assert!(delta("switchboard_cache_hits_total", &addresses) >= 2.0);
-    // The API-key cache is mirrored at scrape time.
-    let keys = [("kind", "api_keys"), ("layer", "memory")];
+    // API keys (the `sessions` kind) are cached too; entries are counted at scrape time.
+    let keys = [("kind", "sessions"), ("layer", "memory")];
     assert!(after.value("switchboard_cache_hits_total", &keys) >= 1.0);
-    assert!(after.get("switchboard_cache_entries", &keys).unwrap() >= 1.0);
+    let all = [("kind", "all"), ("layer", "memory")];
+    assert!(after.get("switchboard_cache_entries", &all).unwrap() >= 1.0);
 
     // The Grafana dashboard only charts families that exist, through its
     // Prometheus datasource variable.
@@ -548,26 +549,30 @@ async fn cache_stats_count_hits_misses_and_sizes() {
     let t = server.tenant().await;
     let d = t.device().await;
     let start = admin_get(&server, "/admin/cache/stats").await;
-    for kind in ["api_keys", "contacts", "addresses", "groups"] {
-        let layer = if kind == "contacts" {
-            "session"
-        } else {
-            "memory"
-        };
-        let c = cache(&start, kind, layer);
+    for kind in [
+        "sessions",
+        "tenants",
+        "devices",
+        "device_status",
+        "addresses",
+        "groups",
+        "contacts",
+        "stats",
+    ] {
+        let c = cache(&start, kind, "memory");
         for field in ["hits", "misses", "size"] {
             assert!(c[field].is_u64(), "{kind}.{field}: {c}");
         }
         assert!(c["hit_rate"].is_null() || c["hit_rate"].is_f64(), "{c}");
     }
-    let keys_before = cache(&start, "api_keys", "memory").clone();
+    let keys_before = cache(&start, "sessions", "memory").clone();
 
     // API key lookups: each call after the first is a hit.
     for _ in 0..5 {
         let (status, body) = t.call("GET", "/v1/devices", None).await;
         assert_eq!(status, 200, "{body}");
     }
-    // Contacts: loaded once into the session, then served from it.
+    // Contacts: loaded once into the cache, then served from it.
     let (status, body) = t
         .call(
             "PUT",
@@ -585,7 +590,7 @@ async fn cache_stats_count_hits_misses_and_sizes() {
     }
 
     let end = admin_get(&server, "/admin/cache/stats").await;
-    let keys = cache(&end, "api_keys", "memory");
+    let keys = cache(&end, "sessions", "memory");
     assert!(
         n(&keys["hits"]) >= n(&keys_before["hits"]) + 5,
         "{keys_before} -> {keys}"
@@ -595,7 +600,7 @@ async fn cache_stats_count_hits_misses_and_sizes() {
     let expect = n(&keys["hits"]) as f64 / (n(&keys["hits"]) + n(&keys["misses"])) as f64;
     assert!((rate - expect).abs() < 1e-9, "{keys}");
 
-    let contacts = cache(&end, "contacts", "session");
+    let contacts = cache(&end, "contacts", "memory");
     assert_eq!(n(&contacts["misses"]), 1, "{contacts}");
     assert_eq!(n(&contacts["hits"]), 2, "{contacts}");
     assert_eq!(n(&contacts["size"]), 1, "{contacts}");
@@ -613,7 +618,7 @@ async fn cache_stats_count_hits_misses_and_sizes() {
     let mut size = u64::MAX;
     for _ in 0..100 {
         let s = admin_get(&server, "/admin/cache/stats").await;
-        size = n(&cache(&s, "contacts", "session")["size"]);
+        size = n(&cache(&s, "contacts", "memory")["size"]);
         if size == 0 {
             break;
         }
@@ -629,6 +634,27 @@ async fn cache_stats_count_hits_misses_and_sizes() {
         .map(|c| n(&c["hits"]))
         .sum();
     assert_eq!(n(&total["hits"]), sum, "{end}");
+    // Clearing a kind by hand (logged) empties it.
+    let (status, _) = server
+        .call(
+            "DELETE",
+            "/admin/cache/sessions",
+            Some(&server.admin_token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 204);
+    let s = admin_get(&server, "/admin/cache/stats").await;
+    assert_eq!(n(&cache(&s, "sessions", "memory")["size"]), 0, "{s}");
+    let (status, _) = server
+        .call(
+            "DELETE",
+            "/admin/cache/nope",
+            Some(&server.admin_token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 400);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

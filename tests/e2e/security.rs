@@ -225,6 +225,8 @@ fn fill(template: &str, fx: &Fixture) -> String {
             ("client_id", "by-client-id") => fx.client_id.clone(),
             ("address", "members") => fx.a2.address.replace('+', "%2B"),
             ("lane", "lanes") => "normal".to_owned(),
+            ("kind", "cache") => "devices".to_owned(),
+            ("key", _) if segments.get(i.wrapping_sub(2)) == Some(&"cache") => fx.a1.id.clone(),
             _ => panic!(
                 "{template}: no tenant-A value for path parameter {{{name}}} after \
                  `{collection}`; teach security.rs `fill` about it"
@@ -356,6 +358,26 @@ async fn check_own_scope(
             let gid = a.body["group_id"].as_str().unwrap();
             let (status, g) = ta.call("GET", &format!("/v1/groups/{gid}"), None).await;
             assert_eq!(status, 403, "A reads B's group: {g}");
+        }
+        ("GET", "/v1/stats/messages") => {
+            // B's statistics name none of A's devices, and A's device is not B's to ask.
+            assert_eq!(a.status, 200, "{name}: {}", a.body);
+            let shown: Vec<&str> = a.body["days"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d["device_id"].as_str().unwrap())
+                .collect();
+            assert!(
+                !shown.contains(&fx.a1.id.as_str()),
+                "{name}: B's statistics show A's device: {shown:?}"
+            );
+            let aimed = format!("/v1/stats/messages?device={}", fx.a1.id);
+            let a = request(server, "GET", &aimed, Some(&tb.key), &[], None).await;
+            assert_refused(&format!("{name} ?device=A's"), &a, &[403]);
+            let (status, own) = ta.call("GET", &aimed, None).await;
+            assert_eq!(status, 200, "{own}");
+            assert!(own["totals"]["sent"].as_u64().unwrap() >= 1, "{own}");
         }
         _ => panic!(
             "{name}: a /v1 route with no tenant-A path parameter and no expectation; add \

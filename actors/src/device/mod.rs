@@ -30,7 +30,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
-use protocol::rest::{Contact, MessageAccepted};
+use protocol::rest::MessageAccepted;
 use protocol::{ErrorCode, Priority, ReceiptStatus, Target};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::oneshot;
@@ -44,8 +44,7 @@ pub use receipts::{ReceiptBatch, ReceiptNote};
 
 use crate::conn::{ConnHandle, Frame};
 use crate::limits::ControlBudgets;
-use crate::metrics::{CachedEntry, SessionMetrics};
-use crate::stats::Stats;
+use crate::metrics::SessionMetrics;
 use crate::store::{AcceptedSend, DeviceRecord, MessageRecord};
 use crate::tenant::TenantMsg;
 use crate::Env;
@@ -137,6 +136,16 @@ pub struct Attached {
     pub budgets: Arc<ControlBudgets>,
 }
 
+/// Whether a device has clients, and when it last had one: kept in the cache by its
+/// session (`device_status`), for views of the device from anywhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DeviceStatus {
+    /// At least one client is connected.
+    pub connected: bool,
+    /// When a client was last connected (Unix ms).
+    pub last_seen: Option<i64>,
+}
+
 /// A session's live view, for GET device and the admin tree.
 #[derive(Debug, Clone)]
 pub struct SessionInfo {
@@ -180,10 +189,6 @@ pub enum DeviceMsg {
     IdleCheck,
     /// Move frames waiting behind full connection channels; cut off stalled readers.
     FlushOutbound,
-    /// The device's contacts, from the session's cache (loaded on a miss).
-    Contacts(RpcReplyPort<Result<Arc<Vec<Contact>>, SendError>>),
-    /// The stored contacts changed: drop the cached copy.
-    InvalidateContacts,
     /// Test hook: panic inside the session (only when test hooks are enabled).
     InjectPanic,
     /// Admin tree: answers how long this message waited in the mailbox (µs), given
@@ -249,9 +254,6 @@ pub struct DeviceState {
     idle_since: Instant,
     messages_in: u64,
     messages_out: u64,
-    contacts: Option<Arc<Vec<Contact>>>,
-    /// Counts the cached contact list in the cache-size gauge while it is held.
-    contacts_entry: Option<CachedEntry>,
     /// Tenant-labelled message counters, registered once per session start.
     metrics: SessionMetrics,
     gauge: Arc<SessionGauge>,
@@ -298,8 +300,6 @@ impl Actor for DeviceSession {
             idle_since: Instant::now(),
             messages_in: 0,
             messages_out: 0,
-            contacts: None,
-            contacts_entry: None,
             gauge: args.gauge,
             env,
         })
@@ -405,13 +405,6 @@ impl DeviceSession {
                     myself.stop(Some("idle".into()));
                 }
             }
-            DeviceMsg::Contacts(reply) => {
-                let _ = reply.send(state.contacts().await);
-            }
-            DeviceMsg::InvalidateContacts => {
-                state.contacts = None;
-                state.contacts_entry = None;
-            }
             DeviceMsg::FlushOutbound => {
                 state.flush_scheduled = false;
                 state.check_conns();
@@ -467,13 +460,22 @@ impl DeviceState {
             && self.inbox.in_flight == 0
     }
 
+    /// Records that a client came or went: last seen in the store, and the device's
+    /// status (connected, last seen) in the cache, where every node reads it.
     fn touch_last_seen(&mut self) {
         let now = crate::clock::now_ms();
         self.last_seen = Some(now);
-        let store = self.env.store.clone();
+        let env = self.env.clone();
         let id = self.device.id.clone();
+        let status = Arc::new(DeviceStatus {
+            connected: !self.conns.is_empty(),
+            last_seen: Some(now),
+        });
         tokio::spawn(async move {
-            if let Err(e) = store.set_last_seen(&id, now).await {
+            env.cache
+                .set(crate::cache::CacheKind::DeviceStatus, &id, status)
+                .await;
+            if let Err(e) = env.store.set_last_seen(&id, now).await {
                 tracing::warn!(device_id = %id, error = %e, "could not record last seen");
             }
         });
@@ -494,27 +496,6 @@ impl DeviceState {
                 }
             }
         }
-    }
-
-    async fn contacts(&mut self) -> Result<Arc<Vec<Contact>>, SendError> {
-        let stats = &self.env.stats;
-        if let Some(c) = &self.contacts {
-            Stats::inc(&stats.contact_cache_hits);
-            stats.metrics.contacts.hit();
-            return Ok(c.clone());
-        }
-        Stats::inc(&stats.contact_cache_misses);
-        stats.metrics.contacts.miss();
-        let list = self
-            .env
-            .store
-            .list_contacts(&self.device.id)
-            .await
-            .map_err(|e| SendError::storage(&e))?;
-        let list = Arc::new(list);
-        self.contacts = Some(list.clone());
-        self.contacts_entry = Some(CachedEntry::contact_list(&self.env));
-        Ok(list)
     }
 }
 

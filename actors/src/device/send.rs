@@ -206,9 +206,14 @@ impl DeviceState {
         }
     }
 
-    /// The sender's own copy of send `key` settled.
+    /// The sender's own copy of send `key` settled. If it failed, the send is answered
+    /// at once (its recipient rows may still land; a resend under the same request id
+    /// completes it).
     pub(super) fn own_row_settled(&mut self, key: u64, ok: bool) {
         self.row_settled(key, ok);
+        if !ok {
+            self.finish_send(key);
+        }
     }
 
     fn row_settled(&mut self, key: u64, ok: bool) {

@@ -182,8 +182,9 @@ pub(super) async fn sync_contacts(env: &Env, job: &JobRecord, body: &str) -> Job
             tracing::warn!(job_id = %job.id, error = %e, "could not record progress");
         }
     }
-    env.directory
-        .deliver_if_running(&job.device_id, DeviceMsg::InvalidateContacts);
+    env.cache
+        .invalidate(crate::cache::CacheKind::Contacts, &job.device_id)
+        .await;
     JobUpdate::Completed {
         id: job.id.clone(),
         message_id: None,

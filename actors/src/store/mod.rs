@@ -162,6 +162,17 @@ pub trait Store: Send + Sync + 'static {
         client_id: &str,
     ) -> StoreResult<Vec<AcceptedSend>>;
 
+    /// Per device and UTC day in `[from, to)` (Unix ms): messages sent, statuses got,
+    /// jobs created and failed — for a tenant's devices, or one of them. Days with
+    /// nothing are left out; ordered by day, then device.
+    async fn message_stats(
+        &self,
+        tenant_id: &str,
+        device_id: Option<&str>,
+        from: i64,
+        to: i64,
+    ) -> StoreResult<Vec<DayStats>>;
+
     // ---- durable jobs (state machine in [`crate::jobs`]) ----
 
     /// Stores new jobs, and the shared bodies they point at, in one transaction.

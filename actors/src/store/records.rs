@@ -3,9 +3,10 @@
 use std::sync::Arc;
 
 use protocol::ReceiptStatus;
+use serde::{Deserialize, Serialize};
 
 /// A tenant; its API key is kept only as a hash.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TenantRecord {
     /// Tenant id.
     pub id: String,
@@ -18,7 +19,7 @@ pub struct TenantRecord {
 }
 
 /// A device: one phone-number endpoint of a tenant.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeviceRecord {
     /// Device id.
     pub id: String,
@@ -35,7 +36,7 @@ pub struct DeviceRecord {
 }
 
 /// A group of addresses in one tenant.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct GroupRecord {
     /// Group id.
     pub id: String,
@@ -154,4 +155,23 @@ pub struct StatusEntry {
     pub ts: i64,
     /// Seq of the status row in the sender's inbox.
     pub seq: u64,
+}
+
+/// One device's messages on one UTC day, for the message statistics.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DayStats {
+    /// The device.
+    pub device_id: String,
+    /// Start of the UTC day (Unix ms).
+    pub day: i64,
+    /// Messages the device sent.
+    pub sent: u64,
+    /// `delivered` statuses it got for them.
+    pub delivered: u64,
+    /// `read` statuses it got for them.
+    pub read: u64,
+    /// Its queued jobs created that day that failed.
+    pub failed: u64,
+    /// Its jobs created that day (queued sends and syncs).
+    pub queued: u64,
 }

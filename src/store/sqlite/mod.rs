@@ -29,8 +29,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use actors::jobs::{JobRecord, JobUpdate, QueueCount, SharedBody};
 use actors::store::{
-    AcceptedSend, DeviceRecord, GroupRecord, InboxRow, MessageCopy, RowResult, StatusEntry, Store,
-    StoreError, StoreResult, TenantRecord,
+    AcceptedSend, DayStats, DeviceRecord, GroupRecord, InboxRow, MessageCopy, RowResult,
+    StatusEntry, Store, StoreError, StoreResult, TenantRecord,
 };
 use async_trait::async_trait;
 use protocol::rest::Contact;
@@ -40,12 +40,10 @@ use rusqlite::{Connection, ErrorCode};
 mod directory;
 mod inbox;
 mod jobs;
+mod reports;
 mod schema;
 mod stats;
-pub use stats::{
-    known_queries, DbFile, DbStats, IndexStat, OpStat, QueryPlan, SlowOp, SlowReport, TableDetail,
-    SLOW_LOG_CAPACITY,
-};
+pub use stats::{known_queries, DbFile, IndexStat, QueryPlan, SqliteStats, TableDetail};
 
 /// How many reader connections the pool holds.
 const READERS: usize = 4;
@@ -60,8 +58,6 @@ struct Inner {
     writer: Mutex<Connection>,
     readers: Vec<Mutex<Connection>>,
     next_reader: AtomicUsize,
-    /// Per-operation timings and the slow-operation log (see `sqlite_stats.rs`).
-    ops: stats::OpLog,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -184,7 +180,6 @@ impl SqliteStore {
             writer: Mutex::new(writer),
             readers,
             next_reader: AtomicUsize::new(0),
-            ops: stats::OpLog::default(),
         });
         spawn_checkpointer(checkpointer, Arc::downgrade(&inner));
         Ok(SqliteStore { inner })
@@ -197,17 +192,12 @@ impl SqliteStore {
         F: FnOnce(&mut Connection) -> StoreResult<T> + Send + 'static,
     {
         let inner = Arc::clone(&self.inner);
-        let started = std::time::Instant::now();
-        let result = tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || {
             let mut conn = lock(&inner.writer);
             f(&mut conn)
         })
         .await
-        .unwrap_or_else(|e| Err(StoreError::Unavailable(format!("store task failed: {e}"))));
-        self.inner
-            .ops
-            .record(std::any::type_name::<F>(), started.elapsed());
-        result
+        .unwrap_or_else(|e| Err(StoreError::Unavailable(format!("store task failed: {e}"))))
     }
 
     /// Runs `f` on a reader connection (a free one if any), on the blocking pool.
@@ -217,17 +207,12 @@ impl SqliteStore {
         F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
     {
         let inner = Arc::clone(&self.inner);
-        let started = std::time::Instant::now();
-        let result = tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || {
             let conn = inner.reader();
             f(&conn)
         })
         .await
-        .unwrap_or_else(|e| Err(StoreError::Unavailable(format!("store task failed: {e}"))));
-        self.inner
-            .ops
-            .record(std::any::type_name::<F>(), started.elapsed());
-        result
+        .unwrap_or_else(|e| Err(StoreError::Unavailable(format!("store task failed: {e}"))))
     }
 }
 
@@ -461,6 +446,19 @@ impl Store for SqliteStore {
     ) -> StoreResult<Vec<AcceptedSend>> {
         let (device_id, client_id) = (device_id.to_owned(), client_id.to_owned());
         self.read(move |c| inbox::sends_by_client_id(c, &device_id, &client_id))
+            .await
+    }
+
+    async fn message_stats(
+        &self,
+        tenant_id: &str,
+        device_id: Option<&str>,
+        from: i64,
+        to: i64,
+    ) -> StoreResult<Vec<DayStats>> {
+        let tenant_id = tenant_id.to_owned();
+        let device_id = device_id.map(str::to_owned);
+        self.read(move |c| reports::message_stats(c, &tenant_id, device_id.as_deref(), from, to))
             .await
     }
 

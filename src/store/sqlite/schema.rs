@@ -66,6 +66,8 @@ CREATE TABLE IF NOT EXISTS inbox (
 CREATE INDEX IF NOT EXISTS inbox_message ON inbox (message_id);
 CREATE INDEX IF NOT EXISTS inbox_sent ON inbox (device_id, seq) WHERE client_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS inbox_client ON inbox (device_id, client_id) WHERE client_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS inbox_status_time ON inbox (device_id, ts) WHERE kind > 0;
+CREATE INDEX IF NOT EXISTS messages_sender ON messages (sender_device, ts);
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY,
     kind TEXT NOT NULL,
@@ -95,6 +97,7 @@ CREATE INDEX IF NOT EXISTS jobs_tail ON jobs (tenant_id, lane, rank) WHERE state
 CREATE INDEX IF NOT EXISTS jobs_device_pending ON jobs (device_id) WHERE state IN ('waiting', 'delayed');
 CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (updated_at) WHERE state IN ('completed', 'failed', 'cancelled');
 CREATE INDEX IF NOT EXISTS jobs_body_ref ON jobs (body_ref) WHERE body_ref IS NOT NULL;
+CREATE INDEX IF NOT EXISTS jobs_device_created ON jobs (device_id, created_at);
 CREATE TABLE IF NOT EXISTS job_bodies (
     id TEXT PRIMARY KEY,
     tenant_id TEXT NOT NULL,

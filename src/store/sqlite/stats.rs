@@ -1,121 +1,27 @@
 //! Statistics of the SQLite store for `GET /admin/db/stats`: per-table rows and sizes,
-//! indexes and the queries that use them, per-operation call counts, and a bounded log
-//! of slow operations (the replaced system's `analyzeIndexUsage` and `getSlowQueries`).
+//! and indexes with the queries that use them (the replaced system's
+//! `analyzeIndexUsage`). Call counts and slow operations come from the timing
+//! decorator every store has (`src/store/timed.rs`).
 //!
-//! - **Operations** are timed in [`SqliteStore`]'s `read` / `write` helpers, around the
-//!   whole call (blocking-pool wait and connection lock included: that is what a caller
-//!   waits). The operation's name is the store method's, taken from the type name of
-//!   the closure it passes (a `&'static str`, so the hot path neither allocates nor
-//!   formats): every method, including ones added later, is covered without touching it.
 //! - **Index use**: SQLite keeps no usage counters. At request time we run `EXPLAIN
 //!   QUERY PLAN` on the store's known read queries ([`known_queries`]) and list, for each
 //!   index, the operations whose plan uses it; `uses` sums those operations' calls.
 //! - **Sizes** come from the `dbstat` virtual table (compiled into the bundled SQLite),
 //!   else only the whole file's size from `page_count × page_size`.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
-use std::time::Duration;
+use std::collections::HashMap;
 
 use actors::store::StoreError;
 use rusqlite::Connection;
 use serde::Serialize;
 
-use super::{now_ms, unavailable, SqliteStore};
-
-/// Slow operations kept, newest last; older ones are dropped.
-pub const SLOW_LOG_CAPACITY: usize = 1000;
-
-/// Default slow-operation threshold.
-const DEFAULT_SLOW_US: u64 = 100_000;
-
-/// One store operation slower than the threshold.
-#[derive(Debug, Clone, Serialize)]
-pub struct SlowOp {
-    /// Store method (e.g. `commit_inbox`).
-    pub operation: &'static str,
-    /// How long it took, milliseconds.
-    pub duration_ms: f64,
-    /// When it finished, Unix milliseconds.
-    pub at: i64,
-}
-
-#[derive(Debug, Default, Clone, Copy)]
-struct OpTotals {
-    calls: u64,
-    total_us: u64,
-    max_us: u64,
-}
-
-/// Call counts per operation and the slow-operation ring buffer.
-#[derive(Debug)]
-pub(super) struct OpLog {
-    threshold_us: AtomicU64,
-    slow: Mutex<VecDeque<SlowOp>>,
-    totals: Mutex<HashMap<&'static str, OpTotals>>,
-}
-
-impl Default for OpLog {
-    fn default() -> Self {
-        OpLog {
-            threshold_us: AtomicU64::new(DEFAULT_SLOW_US),
-            slow: Mutex::new(VecDeque::new()),
-            totals: Mutex::new(HashMap::new()),
-        }
-    }
-}
-
-/// The store method a closure passed to `read` / `write` belongs to:
-/// `…::SqliteStore as …::Store>::read_inbox::{{closure}}::{{closure}}` → `read_inbox`.
-fn op_name(closure_type: &'static str) -> &'static str {
-    let path = closure_type
-        .find("::{{closure}}")
-        .map_or(closure_type, |i| &closure_type[..i]);
-    let last = path.rsplit("::").next().unwrap_or(path);
-    // `last_seq<'_, '_, '_>`: drop the (lifetime) generics.
-    last.split('<').next().unwrap_or(last)
-}
-
-impl OpLog {
-    /// Records one finished operation (`closure_type` is `type_name` of its closure).
-    pub(super) fn record(&self, closure_type: &'static str, elapsed: Duration) {
-        let us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
-        let name = op_name(closure_type);
-        {
-            let mut totals = self.totals.lock().unwrap_or_else(|p| p.into_inner());
-            let t = totals.entry(name).or_default();
-            t.calls += 1;
-            t.total_us = t.total_us.saturating_add(us);
-            t.max_us = t.max_us.max(us);
-        }
-        let threshold = self.threshold_us.load(Ordering::Relaxed);
-        if us > threshold || threshold == 0 {
-            let mut slow = self.slow.lock().unwrap_or_else(|p| p.into_inner());
-            if slow.len() >= SLOW_LOG_CAPACITY {
-                slow.pop_front();
-            }
-            slow.push_back(SlowOp {
-                operation: name,
-                duration_ms: us as f64 / 1000.0,
-                at: now_ms(),
-            });
-        }
-    }
-
-    fn totals(&self) -> HashMap<&'static str, OpTotals> {
-        self.totals
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-}
+use super::{unavailable, SqliteStore};
 
 /// The read queries the store runs, by operation: the same constants the store
 /// executes. (Inserts and upserts are not listed: they maintain every index of their
 /// table.)
 pub fn known_queries() -> Vec<(&'static str, String)> {
-    use super::{directory as d, inbox as i, jobs as j};
+    use super::{directory as d, inbox as i, jobs as j, reports as r};
     [
         ("tenant_by_key_hash", d::TENANT_BY_KEY),
         ("list_tenants", d::LIST_TENANTS),
@@ -147,6 +53,10 @@ pub fn known_queries() -> Vec<(&'static str, String)> {
         ("queue_counts", j::TOTALS),
         ("prune_jobs", j::PRUNABLE),
         ("prune_jobs", j::BODY_IN_USE),
+        ("message_stats", r::TENANT_DEVICES),
+        ("message_stats", r::SENT_PER_DAY),
+        ("message_stats", r::STATUSES_PER_DAY),
+        ("message_stats", r::JOBS_PER_DAY),
     ]
     .into_iter()
     .map(|(op, sql)| (op, sql.to_owned()))
@@ -219,49 +129,18 @@ pub struct QueryPlan {
     pub full_scans: Vec<String>,
 }
 
-/// Calls of one store operation.
+/// What `GET /admin/db/stats` shows of the embedded store (besides the timings every
+/// store has).
 #[derive(Debug, Clone, Serialize)]
-pub struct OpStat {
-    /// Store method.
-    pub operation: &'static str,
-    /// Calls since the server started.
-    pub calls: u64,
-    /// Mean duration, milliseconds.
-    pub mean_ms: f64,
-    /// Longest call, milliseconds.
-    pub max_ms: f64,
-}
-
-/// Slow operations in a time window.
-#[derive(Debug, Clone, Serialize)]
-pub struct SlowReport {
-    /// Operations slower than this are recorded.
-    pub threshold_ms: f64,
-    /// The window asked for.
-    pub hours: u64,
-    /// Most entries kept (oldest dropped first).
-    pub capacity: usize,
-    /// Entries in the window, newest first.
-    pub items: Vec<SlowOp>,
-}
-
-/// Everything `GET /admin/db/stats` reports for the embedded store.
-#[derive(Debug, Clone, Serialize)]
-pub struct DbStats {
-    /// Always `sqlite`.
-    pub backend: &'static str,
+pub struct SqliteStats {
     /// The file.
     pub database: DbFile,
     /// Per table.
     pub tables: Vec<TableDetail>,
     /// Plans of the known queries.
     pub queries: Vec<QueryPlan>,
-    /// Per store operation.
-    pub operations: Vec<OpStat>,
     /// Indexes no known query uses (constraint indexes may still be needed for writes).
     pub unused_indexes: Vec<String>,
-    /// Slow operations.
-    pub slow_operations: SlowReport,
 }
 
 /// Table and index names used by a plan line: (indexes, full-scanned tables).
@@ -434,34 +313,15 @@ fn collect(conn: &Connection) -> rusqlite::Result<(DbFile, Vec<TableDetail>, Vec
 }
 
 impl SqliteStore {
-    /// Operations slower than `threshold` are recorded (zero records every one).
-    pub fn set_slow_threshold(&self, threshold: Duration) {
-        let us = u64::try_from(threshold.as_micros()).unwrap_or(u64::MAX);
-        self.inner.ops.threshold_us.store(us, Ordering::Relaxed);
-    }
-
-    /// Slow operations that finished at or after `since_ms` (Unix ms), newest first.
-    pub fn slow_operations(&self, since_ms: i64) -> Vec<SlowOp> {
-        let slow = self
-            .inner
-            .ops
-            .slow
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        slow.iter()
-            .rev()
-            .filter(|s| s.at >= since_ms)
-            .cloned()
-            .collect()
-    }
-
-    /// Tables, indexes and their use, operation counts, and slow operations of the
-    /// last `hours`.
-    pub async fn db_stats(&self, hours: u64) -> Result<DbStats, StoreError> {
+    /// Tables, indexes and their use (`calls`: calls per store operation, from the
+    /// timings), and the plans of the known queries.
+    pub async fn db_stats(
+        &self,
+        calls: &HashMap<&'static str, u64>,
+    ) -> Result<SqliteStats, StoreError> {
         let (database, mut tables, queries) =
             self.read(|conn| collect(conn).map_err(unavailable)).await?;
-        let totals = self.inner.ops.totals();
-        let calls_of = |op: &str| totals.get(op).map_or(0, |t| t.calls);
+        let calls_of = |op: &str| calls.get(op).copied().unwrap_or(0);
         for table in &mut tables {
             for idx in &mut table.indexes {
                 for q in queries.iter().filter(|q| q.indexes.contains(&idx.name)) {
@@ -486,31 +346,11 @@ impl SqliteStore {
             .filter(|i| i.used_by.is_empty())
             .map(|i| i.name.clone())
             .collect();
-        let mut operations: Vec<OpStat> = totals
-            .iter()
-            .map(|(op, t)| OpStat {
-                operation: op,
-                calls: t.calls,
-                mean_ms: t.total_us as f64 / t.calls.max(1) as f64 / 1000.0,
-                max_ms: t.max_us as f64 / 1000.0,
-            })
-            .collect();
-        operations.sort_by(|a, b| b.calls.cmp(&a.calls).then(a.operation.cmp(b.operation)));
-        let window_ms = i64::try_from(hours.saturating_mul(3_600_000)).unwrap_or(i64::MAX);
-        let since = now_ms().saturating_sub(window_ms);
-        Ok(DbStats {
-            backend: "sqlite",
+        Ok(SqliteStats {
             database,
             tables,
             queries,
-            operations,
             unused_indexes,
-            slow_operations: SlowReport {
-                threshold_ms: self.inner.ops.threshold_us.load(Ordering::Relaxed) as f64 / 1000.0,
-                hours,
-                capacity: SLOW_LOG_CAPACITY,
-                items: self.slow_operations(since),
-            },
         })
     }
 }
@@ -519,23 +359,6 @@ impl SqliteStore {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn op_names_from_closure_types() {
-        assert_eq!(
-            op_name("<switchboard::store::sqlite::SqliteStore as switchboard_actors::store::Store>::read_inbox::{{closure}}::{{closure}}"),
-            "read_inbox"
-        );
-        assert_eq!(
-            op_name("switchboard::store::sqlite::SqliteStore::table_stats::{{closure}}"),
-            "table_stats"
-        );
-        assert_eq!(op_name("plain"), "plain");
-        assert_eq!(
-            op_name("<x::SqliteStore as y::Store>::last_seq<'_, '_, '_>::{{closure}}::{{closure}}"),
-            "last_seq"
-        );
-    }
 
     #[test]
     fn plan_lines() {
@@ -574,16 +397,14 @@ mod tests {
     async fn stats_of_a_fresh_store() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("db.sqlite"), false).unwrap();
-        store.set_slow_threshold(Duration::ZERO);
-        use actors::store::Store;
-        assert_eq!(store.last_seq("d1").await.unwrap(), 0);
-        let stats = store.db_stats(1).await.unwrap();
+        let calls: HashMap<&'static str, u64> = [("last_seq", 1)].into();
+        let stats = store.db_stats(&calls).await.unwrap();
         assert_eq!(stats.database.size_source, "dbstat");
         let inbox = stats.tables.iter().find(|t| t.name == "inbox").unwrap();
         let seq = inbox.indexes.iter().find(|i| i.origin == "pk").unwrap();
         assert!(seq.used_by.contains(&"read_inbox".to_owned()), "{seq:?}");
         assert!(seq.used_by.contains(&"last_seq".to_owned()), "{seq:?}");
-        assert!(seq.uses >= 1, "{seq:?} {:?}", stats.operations);
+        assert!(seq.uses >= 1, "{seq:?}");
         assert_eq!(seq.columns, vec!["device_id", "seq"]);
         for q in &stats.queries {
             assert!(!q.plan.iter().any(|l| l.starts_with("error")), "{q:?}");
@@ -594,10 +415,5 @@ mod tests {
                 assert!(q.full_scans.is_empty(), "{q:?}");
             }
         }
-        assert!(stats
-            .slow_operations
-            .items
-            .iter()
-            .any(|s| s.operation == "last_seq"));
     }
 }
