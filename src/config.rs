@@ -150,6 +150,10 @@ pub struct Config {
     pub db_connect_timeout: Option<u64>,
     /// Legacy: create indexes on start.
     pub db_auto_index: Option<bool>,
+    /// Count every command sent to MongoDB in `/metrics`
+    /// (`switchboard_mongodb_commands_total`); off by default, since the driver then
+    /// copies each command for its monitoring event.
+    pub db_command_metrics: bool,
     /// Queue workers for messages.
     pub queue_message_concurrency: Option<u32>,
     /// Queue workers for contact syncs.
@@ -240,6 +244,7 @@ impl Default for Config {
             db_socket_timeout: None,
             db_connect_timeout: None,
             db_auto_index: None,
+            db_command_metrics: false,
             queue_message_concurrency: None,
             queue_contact_concurrency: None,
             queue_default_attempts: None,
@@ -273,6 +278,7 @@ const LEGACY_ENV: &[&str] = &[
     "DB_SOCKET_TIMEOUT",
     "DB_CONNECT_TIMEOUT",
     "DB_AUTO_INDEX",
+    "DB_COMMAND_METRICS",
     "QUEUE_MESSAGE_CONCURRENCY",
     "QUEUE_CONTACT_CONCURRENCY",
     "QUEUE_DEFAULT_ATTEMPTS",
@@ -345,6 +351,7 @@ impl Config {
             journal: self.mongodb_journal,
             read_concern: self.mongodb_read_concern.clone(),
             auto_index: self.db_auto_index.unwrap_or(true),
+            command_metrics: self.db_command_metrics,
         }
     }
 

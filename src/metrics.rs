@@ -45,6 +45,9 @@ pub mod names {
     pub const DEPENDENCY_UP: &str = "switchboard_dependency_up";
     /// Store calls, by operation and outcome (counter, `op`, `ok`).
     pub const STORE_CALLS: &str = "switchboard_store_calls_total";
+    /// Commands sent to MongoDB, by command name, with `DB_COMMAND_METRICS=true`
+    /// (counter, `command`): the round trips.
+    pub const MONGODB_COMMANDS: &str = "switchboard_mongodb_commands_total";
 }
 
 /// Latency buckets (seconds): 100 µs to 10 s.
@@ -172,6 +175,10 @@ fn describe() {
     describe_counter!(
         names::STORE_CALLS,
         "Store calls by operation and outcome (each one round trip or more to the backend)."
+    );
+    describe_counter!(
+        names::MONGODB_COMMANDS,
+        "Commands sent to MongoDB by name (round trips), when DB_COMMAND_METRICS is on."
     );
 }
 

@@ -556,8 +556,13 @@ pub struct OwnServer {
 impl OwnServer {
     /// A `redis-server` on a free port (no persistence).
     pub async fn redis() -> OwnServer {
+        Self::redis_with(&[]).await
+    }
+
+    /// A `redis-server` on a free port with extra arguments (`--requirepass`, …).
+    pub async fn redis_with(extra: &[&str]) -> OwnServer {
         let port = free_port();
-        let args = [
+        let mut args = [
             "--port",
             &port.to_string(),
             "--bind",
@@ -569,6 +574,7 @@ impl OwnServer {
         ]
         .map(str::to_owned)
         .to_vec();
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
         Self::run("redis-server".into(), args, port).await
     }
 

@@ -889,3 +889,43 @@ async fn db_stats_list_slow_operations_over_the_threshold() {
         assert!(item["at"].as_i64().unwrap() >= started_ms, "{item}");
     }
 }
+
+/// `DB_COMMAND_METRICS=true` on MongoDB: every command the driver sends is counted by
+/// name, so one send shows as `insert` round trips (two: the message, the inbox rows).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mongodb_commands_are_counted_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let nx = crate::common::OwnServer::nx(&dir.path().join("nx.db")).await;
+    let uri = nx.mongodb_uri();
+    let server = TestServer::start_with(|c| {
+        c.mongodb_uri = Some(uri);
+        c.mongodb_database = Some("command_metrics".into());
+        c.db_command_metrics = true;
+    })
+    .await;
+    let (_t, _alice, bob, mut wa, mut wb) = pair(&server).await;
+    let before = scrape(&server).await;
+    let inserts = |e: &Exposition| {
+        e.value(
+            "switchboard_mongodb_commands_total",
+            &[("command", "insert")],
+        )
+    };
+    let ack = wa.send_to("m1", &bob.address, json!({"n": 1})).await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    wb.recv_type("message").await;
+    let after = scrape_until(&server, |e| inserts(e) >= inserts(&before) + 2.0).await;
+    assert!(
+        inserts(&after) >= inserts(&before) + 2.0,
+        "inserts {} → {}",
+        inserts(&before),
+        inserts(&after)
+    );
+    assert_eq!(
+        after
+            .types
+            .get("switchboard_mongodb_commands_total")
+            .map(String::as_str),
+        Some("counter")
+    );
+}

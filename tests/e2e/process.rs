@@ -7,7 +7,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
-use crate::common::{call, ChildServer, Device, Tenant, Ws, WAIT};
+use crate::common::{call, ChildServer, Device, OwnServer, Tenant, Ws, WAIT};
 
 const ADMIN: &str = "process-test-admin-token";
 
@@ -242,4 +242,79 @@ async fn logs_carry_request_ids_and_no_secrets() {
         .filter(|l| l.contains("\"request_id\"") && l.contains("/v1/devices"))
         .count();
     assert!(requests > 0, "HTTP requests carry a request id");
+}
+
+/// Passwords in `REDIS_URL` and `MONGODB_URI` never reach the logs: not at start-up,
+/// not in the errors of a MongoDB that cannot be reached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_passwords_never_reach_the_logs() {
+    const REDIS_PASSWORD: &str = "redis-pw-never-logged";
+    const MONGO_PASSWORD: &str = "mongo-pw-never-logged";
+    let redis = OwnServer::redis_with(&["--requirepass", REDIS_PASSWORD]).await;
+    let redis_url = format!("redis://:{REDIS_PASSWORD}@127.0.0.1:{}/0", redis.port);
+
+    // A node on Redis with a password: it serves, and says where its cache is.
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("stderr.log");
+    let server = ChildServer::spawn(
+        dir.path(),
+        ADMIN,
+        &[
+            ("RUST_LOG", "debug"),
+            ("LOG_FORMAT", "json"),
+            ("REDIS_URL", &redis_url),
+            ("MONGODB_URI", ""),
+        ],
+        Some(std::fs::File::create(&log_path).unwrap()),
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let (status, health) = call(&http, &server.base, "GET", "/health", None, None).await;
+    assert_eq!(status, 200, "{health}");
+    assert_eq!(health["checks"]["cache"]["ok"], true, "{health}");
+    let mut child = server.child;
+    child.kill().await.unwrap();
+    let logged = std::fs::read_to_string(&log_path).unwrap();
+    assert!(logged.contains("redis://"), "the cache is named: {logged}");
+    assert!(
+        !logged.contains(REDIS_PASSWORD),
+        "the Redis password was logged"
+    );
+
+    // A MongoDB that is not there: start-up fails, and its errors name no password.
+    let nothing = crate::common::free_port();
+    let uri =
+        format!("mongodb://switchboard:{MONGO_PASSWORD}@127.0.0.1:{nothing}/?authSource=admin");
+    let out = tokio::time::timeout(
+        WAIT * 2,
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+            .arg("serve")
+            .env("SWITCHBOARD_BIND", "127.0.0.1:0")
+            .env("SWITCHBOARD_DATA_DIR", dir.path())
+            .env("SWITCHBOARD_CONFIG_DIR", dir.path().join("no-config"))
+            .env("ADMIN_TOKEN", ADMIN)
+            .env("RUST_LOG", "debug")
+            .env("MONGODB_URI", &uri)
+            .env("REDIS_URL", &redis_url)
+            .env("DB_SERVER_SELECTION_TIMEOUT", "300")
+            .env("DB_CONNECT_TIMEOUT", "300")
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the server neither started nor gave up")
+    .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "started without its store: {text}");
+    assert!(
+        text.contains("127.0.0.1"),
+        "the error names the host: {text}"
+    );
+    for secret in [MONGO_PASSWORD, REDIS_PASSWORD] {
+        assert!(!text.contains(secret), "a password was logged: {text}");
+    }
 }

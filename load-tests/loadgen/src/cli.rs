@@ -59,6 +59,10 @@ pub struct Args {
     #[arg(long)]
     pub server_pid: Option<u32>,
 
+    /// The store's process id (a local MongoDB): report its CPU time in the window.
+    #[arg(long)]
+    pub store_pid: Option<u32>,
+
     /// Devices being created / connected at the same time.
     #[arg(long, default_value_t = 200)]
     pub connect_concurrency: usize,

@@ -8,6 +8,7 @@
 mod cli;
 mod conn;
 mod report;
+mod server;
 mod setup;
 mod stats;
 mod sys;
@@ -28,6 +29,7 @@ use tokio::time::Instant;
 use crate::cli::Args;
 use crate::conn::{Device, Phase, Plan, Ws};
 use crate::report::{Latency, Params, Report, Rss};
+use crate::server::{ServerCosts, Snapshot};
 use crate::setup::Api;
 use crate::stats::{now_us, Stats};
 
@@ -138,11 +140,16 @@ async fn run(args: Args) -> Result<Report> {
     let rss_connected = server_rss(&args);
 
     let mut drain_secs = 0.0;
+    let mut window = None;
     if args.rate > 0.0 {
         if connections < 2 {
             eprintln!("warning: at least 2 connections are needed to send; not sending");
         } else {
-            drain_secs = send_phase(&args, conns.addresses, &phase_tx, &stats).await;
+            let (secs, before) = send_phase(&args, &api, conns.addresses, &phase_tx, &stats).await;
+            drain_secs = secs;
+            let after =
+                Snapshot::take(api.client(), &args.url, args.server_pid, args.store_pid).await;
+            window = Some((before, after));
         }
     }
     // Figures are as of the end of the drain; what arrives while closing is ignored.
@@ -156,9 +163,9 @@ async fn run(args: Args) -> Result<Report> {
         &args,
         &stats,
         connections,
-        connect_failures,
         connect_secs,
         drain_secs,
+        window,
         Rss {
             before_kib: rss_before,
             connected_kib: rss_connected,
@@ -260,13 +267,15 @@ async fn connect_all(
     out
 }
 
-/// Runs warm-up + measured sending, then drains; returns the drain time in seconds.
+/// Runs warm-up + measured sending, then drains; returns the drain time in seconds
+/// and the server's counters as the measured window began.
 async fn send_phase(
     args: &Args,
+    api: &Api,
     addresses: Vec<Arc<str>>,
     phase: &watch::Sender<Phase>,
     stats: &Stats,
-) -> f64 {
+) -> (f64, Snapshot) {
     let n = addresses.len();
     let warmup = Duration::from_secs_f64(args.warmup);
     let duration = Duration::from_secs_f64(args.duration);
@@ -287,6 +296,16 @@ async fn send_phase(
         args.rate, plan.per_conn_rate, args.warmup, args.duration
     );
     phase.send_replace(Phase::Send(Arc::new(plan)));
+    let measure_at = start + warmup;
+    let snapshot = {
+        let client = api.client().clone();
+        let url = args.url.clone();
+        let (pid, store_pid) = (args.server_pid, args.store_pid);
+        tokio::spawn(async move {
+            tokio::time::sleep_until(measure_at).await;
+            Snapshot::take(&client, &url, pid, store_pid).await
+        })
+    };
 
     // Progress once a second while sending (warm-up traffic included).
     let mut tick = tokio::time::interval_at(start + Duration::from_secs(1), Duration::from_secs(1));
@@ -339,7 +358,8 @@ async fn send_phase(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    drain_start.elapsed().as_secs_f64()
+    let before = snapshot.await.unwrap_or_default();
+    (drain_start.elapsed().as_secs_f64(), before)
 }
 
 /// Waits (bounded) for the connection tasks to finish their close handshakes, then
@@ -362,9 +382,9 @@ fn build_report(
     args: &Args,
     stats: &Stats,
     connections: usize,
-    connect_failures: usize,
     connect_secs: f64,
     drain_secs: f64,
+    window: Option<(Snapshot, Snapshot)>,
     server_rss: Rss,
 ) -> Result<Report> {
     let stats::Merged { ack, e2e, errors } = stats.merged()?;
@@ -391,7 +411,7 @@ fn build_report(
             hold_s: args.hold,
         },
         connections,
-        connect_failures,
+        connect_failures: args.devices - connections,
         connect_secs: (connect_secs * 1000.0).round() / 1000.0,
         sent,
         sent_warmup: stats.sent_warmup.load(Relaxed),
@@ -406,6 +426,7 @@ fn build_report(
         drain_secs: (drain_secs * 1000.0).round() / 1000.0,
         ack_latency: Latency::from_histogram(&ack),
         e2e_latency: Latency::from_histogram(&e2e),
+        server_costs: window.map(|(before, after)| ServerCosts::between(&before, &after, acked)),
         server_rss,
         disconnects: stats.disconnects(),
         write_failures: stats.write_failures.load(Relaxed),

@@ -125,6 +125,9 @@ pub struct Report {
     pub ack_latency: Latency,
     /// Send → delivery to the recipient latency.
     pub e2e_latency: Latency,
+    /// What the server spent in the measured window (CPU with --server-pid; counters
+    /// from its `/metrics`).
+    pub server_costs: Option<crate::server::ServerCosts>,
     /// Server memory, when --server-pid was given.
     pub server_rss: Rss,
     /// Connections that ended unexpectedly, by close code or error.
@@ -175,6 +178,9 @@ impl Report {
             );
             let _ = writeln!(s, "ack latency      {}", self.ack_latency.human());
             let _ = writeln!(s, "e2e latency      {}", self.e2e_latency.human());
+        }
+        if let Some(c) = &self.server_costs {
+            c.human(&mut s);
         }
         let r = &self.server_rss;
         if r.before_kib.is_some() || r.connected_kib.is_some() || r.end_kib.is_some() {

@@ -36,6 +36,11 @@ pub struct Api {
 }
 
 impl Api {
+    /// The HTTP client (for `/metrics`).
+    pub fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+
     /// A client for base URL `base` (no trailing slash) keeping up to `pool` idle
     /// connections.
     pub fn new(base: &str, pool: usize) -> Result<Self> {

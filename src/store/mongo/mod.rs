@@ -51,6 +51,7 @@ use async_trait::async_trait;
 use futures_util::TryStreamExt;
 use mongodb::bson::{doc, Bson, Document};
 use mongodb::error::{ErrorKind, WriteFailure};
+use mongodb::event::{command::CommandEvent, EventHandler};
 use mongodb::options::{Acknowledgment, ClientOptions, ReadConcern, WriteConcern};
 use mongodb::{Client, Collection, Database};
 use protocol::rest::Contact;
@@ -133,6 +134,9 @@ pub struct MongoSettings {
     pub read_concern: String,
     /// Whether [`MongoStore::connect`] ensures the indexes (`DB_AUTO_INDEX`).
     pub auto_index: bool,
+    /// Whether every command sent is counted in `switchboard_mongodb_commands_total`
+    /// (`DB_COMMAND_METRICS`; costs a copy of each command).
+    pub command_metrics: bool,
 }
 
 impl Default for MongoSettings {
@@ -150,6 +154,7 @@ impl Default for MongoSettings {
             journal: true,
             read_concern: "majority".into(),
             auto_index: true,
+            command_metrics: false,
         }
     }
 }
@@ -261,6 +266,14 @@ impl MongoStore {
         let write_concern = parse_write_concern(&settings.write_concern, settings.journal)?;
         options.write_concern = Some(write_concern.clone());
         options.read_concern = Some(parse_read_concern(&settings.read_concern)?);
+        if settings.command_metrics {
+            options.command_event_handler = Some(EventHandler::callback(|event| {
+                if let CommandEvent::Started(e) = event {
+                    metrics::counter!(crate::metrics::names::MONGODB_COMMANDS, "command" => e.command_name)
+                        .increment(1);
+                }
+            }));
+        }
         if options.app_name.is_none() {
             options.app_name = Some("switchboard".into());
         }
