@@ -146,29 +146,37 @@ impl DeviceState {
         seq
     }
 
-    /// A row from a sender: accepted in order, or refused.
-    pub(super) fn accept(&mut self, d: Delivery) {
+    /// A row from a sender: accepted in order, or refused. A row delivered again may
+    /// already be here (its first try was written but its answer was lost, e.g. to a
+    /// store outage or a restart of this session): then it is answered as committed
+    /// and not written twice.
+    pub(super) async fn accept(&mut self, d: Delivery) {
         if self.inbox.resyncing || !self.inbox.accepts(&d.from_device, &d.order) {
             d.guard.complete(RowOutcome::Rejected);
             return;
+        }
+        if d.guard.attempt() > 1 {
+            let ids = [d.message.id.to_string()];
+            match self.env.store.inbox_messages(&self.device.id, &ids).await {
+                Ok(found) if !found.is_empty() => {
+                    self.note_accepted(&d.from_device, &d.order);
+                    d.guard.complete(RowOutcome::Committed);
+                    return;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(device_id = %self.device.id, error = %e, "could not check a redelivered row");
+                    d.guard.complete(RowOutcome::Failed);
+                    return;
+                }
+            }
         }
         if let Some(faults) = self.env.test_faults() {
             if faults.take_row_panic(&self.device.id) {
                 panic!("row panic injected into device session {}", self.device.id);
             }
         }
-        if self.inbox.senders.len() >= MAX_SENDERS
-            && !self.inbox.senders.contains_key(&d.from_device)
-        {
-            self.inbox.senders.clear();
-        }
-        self.inbox.senders.insert(
-            d.from_device.clone(),
-            Accepted {
-                epoch: d.order.epoch,
-                last_n: d.order.n,
-            },
-        );
+        self.note_accepted(&d.from_device, &d.order);
         self.messages_in += 1;
         let guard = d.guard;
         let message = d.message;
@@ -183,6 +191,20 @@ impl DeviceState {
                 } else {
                     RowOutcome::Failed
                 })
+            },
+        );
+    }
+
+    /// Remembers the last row accepted from a sender (the next must follow it).
+    fn note_accepted(&mut self, from: &Arc<str>, order: &PairOrder) {
+        if self.inbox.senders.len() >= MAX_SENDERS && !self.inbox.senders.contains_key(from) {
+            self.inbox.senders.clear();
+        }
+        self.inbox.senders.insert(
+            from.clone(),
+            Accepted {
+                epoch: order.epoch,
+                last_n: order.n,
             },
         );
     }

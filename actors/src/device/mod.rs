@@ -370,7 +370,7 @@ impl DeviceSession {
                 }
             }
             DeviceMsg::Send(req, responder) => state.send(req, responder).await,
-            DeviceMsg::Deliver(delivery) => state.accept(delivery),
+            DeviceMsg::Deliver(delivery) => state.accept(delivery).await,
             DeviceMsg::RowDone(report) => state.row_done(report),
             DeviceMsg::Committed(note) => state.committed(note).await,
             DeviceMsg::Receipts(batch) => state.receipts(batch).await,

@@ -84,6 +84,11 @@ impl RowGuard {
         }
     }
 
+    /// Which try of the row this is (a later try may find the row already written).
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
     /// Reports the outcome.
     pub fn complete(mut self, outcome: RowOutcome) {
         self.report(outcome);
@@ -198,6 +203,21 @@ impl Outbox {
     /// Whether no row is outstanding.
     pub fn is_empty(&self) -> bool {
         self.pairs.is_empty()
+    }
+
+    /// Hands a row of `message_id` to `recipient` that is still outstanding over to send
+    /// `key` (its outcome now settles that send), answering whether there was one. Such
+    /// a row is delivered (or given up) by this outbox; nobody may deliver it meanwhile.
+    pub fn adopt(&mut self, recipient: &str, message_id: &str, key: u64) -> bool {
+        let Some(row) = self
+            .pairs
+            .get_mut(recipient)
+            .and_then(|p| p.rows.iter_mut().find(|r| &*r.message.id == message_id))
+        else {
+            return false;
+        };
+        row.key = key;
+        true
     }
 
     /// Rows outstanding, over every recipient.
@@ -436,5 +456,20 @@ mod tests {
             o.done(&report(&r, &g, RowOutcome::Gone)).0,
             Settled::Row { key: 10, ok: true }
         );
+    }
+
+    #[test]
+    fn an_adopted_row_settles_the_send_that_took_it_over() {
+        let mut o = Outbox::new(1);
+        let r: Arc<str> = "r".into();
+        let d = o.push(&r, 1, msg("a")).unwrap();
+        assert!(!o.adopt(&r, "other", 2));
+        assert!(!o.adopt("someone else", "a", 2));
+        assert!(o.adopt(&r, "a", 2));
+        assert_eq!(
+            o.done(&report(&r, &d, RowOutcome::Committed)).0,
+            Settled::Row { key: 2, ok: true }
+        );
+        assert!(!o.adopt(&r, "a", 3), "settled rows are not outstanding");
     }
 }

@@ -316,19 +316,27 @@ impl DeviceState {
                 return self.respond(responder, Some(&client_id), Err(SendError::storage(&e)))
             }
         };
+        let key = self.next_key;
+        // A recipient whose row is still outstanding in the outbox gets it from there
+        // (delivering it here too would write it twice); this send waits for it.
+        let mut adopted = 0;
         let missing: Vec<String> = recipients
             .into_iter()
             .filter(|r| !holders.contains(r))
+            .filter(|r| {
+                let held = self.outbox.adopt(r, &message.id, key);
+                adopted += usize::from(held);
+                !held
+            })
             .collect();
         let own_missing = !holders.contains(&self.device.id);
         let mut answer = inc.answer;
-        if !own_missing && missing.is_empty() {
+        if !own_missing && missing.is_empty() && adopted == 0 {
             self.recent
                 .insert(client_id.clone(), Recent::Done(answer.clone()));
             return self.respond(responder, Some(&client_id), Ok(answer));
         }
         tracing::info!(device_id = %self.device.id, message_id = %message.id, recipients = missing.len(), own_missing, "completing an interrupted send");
-        let key = self.next_key;
         self.next_key += 1;
         if own_missing {
             let origin = match &responder {
@@ -345,7 +353,7 @@ impl DeviceState {
                 answer,
                 message: message.clone(),
                 responders: vec![responder],
-                remaining: missing.len() + usize::from(own_missing),
+                remaining: missing.len() + adopted + usize::from(own_missing),
                 failed: false,
             },
         );
