@@ -126,6 +126,22 @@ pub struct Config {
     /// Prefix of every Redis key and channel of this deployment (several deployments
     /// may share one Redis).
     pub redis_prefix: String,
+    /// Where other nodes and operators reach this node's HTTP API (default: the bound
+    /// address); shown in `/admin`.
+    pub advertise_url: Option<String>,
+    /// Cluster: how often a node renews its lease (ms).
+    pub cluster_heartbeat_ms: u64,
+    /// Cluster: how long a node's lease holds (ms); a dead node's devices are taken
+    /// over after it (plus the skew).
+    pub cluster_lease_ms: u64,
+    /// Cluster: the clock skew tolerated between nodes (ms).
+    pub cluster_skew_ms: u64,
+    /// Cluster: how long a call to another node waits for its answer (ms).
+    pub cluster_call_timeout_ms: u64,
+    /// Cluster: most rows of one device per commit batch; a takeover fences as many.
+    pub cluster_fence_rows: usize,
+    /// A send that cannot be completed within this long is answered `unavailable` (ms).
+    pub send_timeout_ms: u64,
     /// Legacy Redis settings, accepted as they are.
     pub redis_host: Option<String>,
     /// Legacy Redis port.
@@ -232,6 +248,13 @@ impl Default for Config {
             mongodb_read_concern: "majority".into(),
             redis_url: None,
             redis_prefix: "sb".into(),
+            advertise_url: None,
+            cluster_heartbeat_ms: 1000,
+            cluster_lease_ms: 6000,
+            cluster_skew_ms: 1000,
+            cluster_call_timeout_ms: 10_000,
+            cluster_fence_rows: 64,
+            send_timeout_ms: 30_000,
             redis_host: None,
             redis_port: None,
             redis_password: None,
@@ -397,6 +420,29 @@ impl Config {
                         .max(self.supervisor_backoff_min_ms),
                 ),
             },
+            node_id: String::new(),
+            job_lease: std::time::Duration::from_millis(
+                self.cluster_lease_ms.max(1000).saturating_mul(5),
+            ),
+            cluster: self.cluster_settings(),
+        }
+    }
+
+    /// The cluster's timings (see `docs/cluster.md`). The lease is at least two
+    /// heartbeats plus twice the skew, so a node renews well before anyone counts it
+    /// dead.
+    pub fn cluster_settings(&self) -> actors::settings::ClusterSettings {
+        use std::time::Duration;
+        let heartbeat = self.cluster_heartbeat_ms.max(50);
+        let skew = self.cluster_skew_ms;
+        let lease = self.cluster_lease_ms.max(2 * heartbeat + 2 * skew + 100);
+        actors::settings::ClusterSettings {
+            heartbeat: Duration::from_millis(heartbeat),
+            lease: Duration::from_millis(lease),
+            skew: Duration::from_millis(skew),
+            call_timeout: Duration::from_millis(self.cluster_call_timeout_ms.max(100)),
+            fence_rows: self.cluster_fence_rows.max(1),
+            send_timeout: Duration::from_millis(self.send_timeout_ms.max(100)),
         }
     }
 }

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod auth;
 pub mod cache;
+pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod http;

@@ -9,7 +9,8 @@
 //! track (sessions running, writer backlogs, cache sizes, queue lane depths) are set at scrape time from
 //! the scraped server's state.
 
-use std::sync::OnceLock;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use ::metrics::{counter, describe_counter, describe_gauge, gauge, Counter, Gauge};
@@ -240,19 +241,26 @@ pub fn dependency_up(dependency: &'static str, up: bool) {
 }
 
 /// Counts one open WebSocket connection in the connections gauge while it lives.
-#[derive(Debug)]
-pub struct OpenConnection(());
+pub struct OpenConnection(Arc<actors::Env>);
+
+impl std::fmt::Debug for OpenConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OpenConnection")
+    }
+}
 
 impl OpenConnection {
-    /// Counts a connection that just attached.
-    pub fn open() -> Self {
+    /// Counts a connection that just attached (in `/metrics` and the node's load).
+    pub fn open(env: &Arc<actors::Env>) -> Self {
         ws().connections.increment(1.0);
-        OpenConnection(())
+        env.stats.connections.fetch_add(1, Ordering::Relaxed);
+        OpenConnection(env.clone())
     }
 }
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
         ws().connections.decrement(1.0);
+        self.0.stats.connections.fetch_sub(1, Ordering::Relaxed);
     }
 }

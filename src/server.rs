@@ -99,8 +99,32 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     };
     let store: Arc<dyn Store> = Arc::new(Hooked::new(base, hook));
     let node_id = format!("n_{}", ulid::Ulid::new().to_string().to_lowercase());
+    let listener = std::net::TcpListener::bind(&config.bind)?;
+    let addr = listener.local_addr()?;
+    let advertised = config
+        .advertise_url
+        .clone()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| format!("http://{addr}"));
+    let mode = crate::cluster::join(&config, &store, &node_id, &advertised).await?;
     let cache = crate::cache::build(&config, &node_id).map_err(StartError::Config)?;
-    let env = Env::new(store, cache, config.actor_settings(), config.test_hooks);
+    let mut settings = config.actor_settings();
+    settings.node_id = node_id.clone();
+    let (cluster, bus_client, solo_membership) = match mode {
+        crate::cluster::Mode::Solo => (None, None, None),
+        crate::cluster::Mode::SoloOnMongo(m) => (None, None, Some(m)),
+        crate::cluster::Mode::Cluster(c, client) => (Some(c), Some(client), None),
+    };
+    let env = Env::new(store, cache, settings, config.test_hooks, cluster);
+    if let Some(client) = bus_client {
+        crate::cluster::redis::spawn_receiver(
+            client,
+            &config.redis_prefix,
+            &node_id,
+            Arc::downgrade(&env),
+        );
+        actors::cluster::tasks::spawn(&env);
+    }
     let tree = actors::root::start(env.clone())
         .await
         .map_err(|e| StartError::Actors(e.to_string()))?;
@@ -110,6 +134,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         root: tree.root,
         ip_limits: crate::ws::guard::IpLimits::new(&config),
         node_id,
+        solo_membership,
         store_faults,
         store_admin,
         timing,
@@ -119,8 +144,6 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         config: Arc::new(config.clone()),
     });
     let data = web::Data::from(state.clone());
-    let listener = std::net::TcpListener::bind(&config.bind)?;
-    let addr = listener.local_addr()?;
     let workers = if config.workers == 0 {
         std::thread::available_parallelism()
             .map(|n| n.get())
@@ -168,6 +191,23 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     })
 }
 
+/// Every session commits what it holds, releases its device and stops (bounded).
+async fn drain_sessions(env: &Arc<Env>) {
+    let mut sessions = Vec::new();
+    let n = env.directory.stop_all(|s| {
+        let _ = s.drain();
+        sessions.push(s.clone());
+    });
+    let cells: Vec<ractor::ActorCell> = sessions.iter().map(|s| s.get_cell()).collect();
+    let waits = cells.iter().map(|c| c.wait(Some(Duration::from_secs(10))));
+    let timed_out = futures_util::future::join_all(waits)
+        .await
+        .into_iter()
+        .filter(|r| r.is_err())
+        .count();
+    tracing::info!(sessions = n, timed_out, "devices released");
+}
+
 async fn not_found() -> Result<actix_web::HttpResponse, crate::error::ApiError> {
     Err(crate::error::ApiError::not_found("no such route"))
 }
@@ -186,14 +226,34 @@ impl Running {
     }
 
     /// Drains: stops accepting, closes every WebSocket with 1012, flushes the
-    /// persistence writers, then stops the HTTP server.
+    /// persistence writers, then stops the HTTP server. In a cluster it also gives
+    /// every device up at once (its next owner needs no fence), hands its job claims
+    /// back and deregisters (`docs/cluster.md`, SIGTERM).
     pub async fn shutdown(self) {
         tracing::info!("shutting down: draining connections and flushing writes");
+        let env = self.state.env.clone();
+        env.stats
+            .draining
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         self.server.pause().await;
         let _ = self.shutdown_tx.send(true);
         // Give connection tasks a moment to send their close frames.
         tokio::time::sleep(Duration::from_millis(200)).await;
-        self.state.env.persistence.flush_all().await;
+        if let Some(cluster) = env.cluster.clone() {
+            cluster.conns.close_all(protocol::error::close::RESTARTING);
+            drain_sessions(&env).await;
+            env.persistence.flush_all().await;
+            match env.store.release_job_claims(cluster.me()).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(jobs = n, "job claims handed back"),
+                Err(e) => tracing::warn!(error = %e, "could not hand job claims back"),
+            }
+            cluster.membership.leave().await;
+        }
+        if let Some(m) = &self.state.solo_membership {
+            m.leave().await;
+        }
+        env.persistence.flush_all().await;
         self.server.stop(true).await;
         let _ = self.task.await;
         self.state.root.stop(None);

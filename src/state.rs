@@ -22,6 +22,9 @@ pub struct AppState {
     pub timing: Arc<crate::store::timed::Timing>,
     /// This node's id (random per process; names it in cache invalidations).
     pub node_id: String,
+    /// The node's registration when it is the only node on a MongoDB database (in a
+    /// cluster it is `env.cluster`).
+    pub solo_membership: Option<Arc<actors::cluster::Membership>>,
     /// Configuration.
     pub config: Arc<Config>,
     /// The admin bearer token.

@@ -101,6 +101,8 @@ pub struct ConnHandle {
     /// The writer's progress.
     pub progress: Arc<Progress>,
     overflow: VecDeque<Frame>,
+    /// Whether dropping the handle closes the connection.
+    armed: bool,
 }
 
 impl ConnHandle {
@@ -118,7 +120,19 @@ impl ConnHandle {
             close,
             progress,
             overflow: VecDeque::new(),
+            armed: true,
         }
+    }
+
+    /// The handle's parts, without closing the connection (another holder takes it).
+    pub fn into_parts(mut self) -> (u64, mpsc::Sender<Frame>, Arc<CloseSignal>, Arc<Progress>) {
+        self.armed = false;
+        (
+            self.id,
+            self.tx.clone(),
+            self.close.clone(),
+            self.progress.clone(),
+        )
     }
 
     /// Queues a frame, in order, behind any that are waiting.
@@ -170,15 +184,24 @@ impl ConnHandle {
 
 impl Drop for ConnHandle {
     fn drop(&mut self) {
-        self.close.close(protocol::error::close::RESTARTING);
+        if self.armed {
+            self.close.close(protocol::error::close::RESTARTING);
+        }
     }
 }
 
-static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
+static NEXT_CONN_ID: OnceLock<AtomicU64> = OnceLock::new();
 
-/// A fresh connection id.
+/// A fresh connection id: a counter from a random start, so ids of different nodes do
+/// not meet (the sessions of a cluster hold connections of several nodes).
 pub fn next_conn_id() -> u64 {
-    NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed)
+    NEXT_CONN_ID
+        .get_or_init(|| {
+            // 2^62 ids from a random point: far from wrapping, unlikely to meet another's.
+            let start = (ulid::Ulid::new().random() as u64) >> 2;
+            AtomicU64::new(start.max(1))
+        })
+        .fetch_add(1, Ordering::Relaxed)
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use crate::cache::Cache;
+use crate::cluster::Cluster;
 use crate::directory::Directory;
 use crate::dispatcher::DispatcherHandle;
 use crate::limits::SharedLimits;
@@ -33,6 +34,8 @@ pub struct Env {
     pub limits: SharedLimits,
     /// The running queue dispatcher, to wake it on enqueue.
     pub dispatcher: DispatcherHandle,
+    /// This node's part in a cluster (`None` on one node: everything is local).
+    pub cluster: Option<Arc<Cluster>>,
 }
 
 impl Env {
@@ -42,9 +45,11 @@ impl Env {
         cache: Arc<Cache>,
         settings: Settings,
         test_hooks: bool,
+        cluster: Option<Arc<Cluster>>,
     ) -> Arc<Env> {
-        Arc::new(Env {
-            directory: Directory::new(store.clone(), cache.clone()),
+        Arc::new_cyclic(|me| Env {
+            directory: Directory::new(store.clone(), cache.clone(), me.clone()),
+            cluster,
             cache,
             persistence: PersistencePool::new(settings.writers),
             limits: SharedLimits::new(

@@ -14,11 +14,11 @@
 //! supervisor, which serializes it.
 //!
 //! This crate names no database or network client: it uses [`store::Store`],
-//! [`bus::Bus`] and [`cache::Cache`], implemented by the server binary.
+//! [`cluster::Transport`] and [`cache::Cache`], implemented by the server binary.
 
-pub mod bus;
 pub mod cache;
 pub mod clock;
+pub mod cluster;
 pub mod conn;
 pub mod device;
 pub mod directory;

@@ -41,6 +41,9 @@ pub mod names {
     pub const CACHE_MISSES: &str = "switchboard_cache_misses_total";
     /// Entries held by a cache (gauge, `kind`, `layer`).
     pub const CACHE_ENTRIES: &str = "switchboard_cache_entries";
+    /// Sends whose shared budgets (cluster) did not answer, so the node's own budgets
+    /// decided (counter).
+    pub const BUDGET_FALLBACKS: &str = "switchboard_rate_budget_fallbacks_total";
 }
 
 /// Describes every family of this crate (HELP lines). Call once, after installing the
@@ -94,6 +97,11 @@ pub fn describe() {
     describe_gauge!(
         names::CACHE_ENTRIES,
         "Entries held by a cache, by kind and layer."
+    );
+    describe_counter!(
+        names::BUDGET_FALLBACKS,
+        "Sends decided by this node's own rate budgets because the shared (Redis) budgets \
+         did not answer in time."
     );
 }
 

@@ -10,8 +10,13 @@
 //! later rows within the batch, and the writer refuses its rows in later batches until
 //! the device's session, once none of its rows is in flight, lifts the fence with
 //! [`PersistencePool::reset`].
+//!
+//! **In a cluster** (`docs/cluster.md`) a writer holds at most `fence_rows` rows of one
+//! device per batch (a takeover fences that many seqs), starts a commit only while the
+//! node's lease is valid and for rows of the node's current incarnation, and reports a
+//! row durable only if the lease still held when the commit returned.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -66,6 +71,10 @@ pub struct WriterStats {
 pub struct WriterState {
     args: WriterArgs,
     rows: Vec<InboxRow>,
+    /// The node incarnation each row was queued under (cluster only).
+    incarnations: Vec<Option<u64>>,
+    /// Rows of each device in the pending batch (cluster only).
+    per_device: HashMap<Arc<str>, usize>,
     completions: Vec<Completion>,
     barriers: Vec<RpcReplyPort<()>>,
     timer_armed: bool,
@@ -75,8 +84,9 @@ pub struct WriterState {
 
 /// Messages of a writer.
 pub enum WriterMsg {
-    /// Make a row durable, then run the completion.
-    Append(InboxRow, Completion),
+    /// Make a row durable, then run the completion; in a cluster, only while the node
+    /// is still in the incarnation given.
+    Append(InboxRow, Option<u64>, Completion),
     /// Answer once everything appended before is durable.
     Barrier(RpcReplyPort<()>),
     /// Answer once everything appended before is durable, and take the device's rows
@@ -101,6 +111,8 @@ impl Actor for Writer {
         args.stats.mailbox.store(0, Ordering::Relaxed);
         Ok(WriterState {
             rows: Vec::new(),
+            incarnations: Vec::new(),
+            per_device: HashMap::new(),
             completions: Vec::with_capacity(args.batch_max),
             barriers: Vec::new(),
             timer_armed: false,
@@ -116,13 +128,24 @@ impl Actor for Writer {
         state: &mut WriterState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            WriterMsg::Append(row, done) => {
+            WriterMsg::Append(row, incarnation, done) => {
                 uncount(&state.args.stats.mailbox);
                 if state.fenced.contains(&row.device_id) {
                     done(Err(StoreError::Aborted));
                     return Ok(());
                 }
+                if let Some(cluster) = &state.args.global.cluster {
+                    // A takeover fences `fence_rows` seqs: no batch may hold more rows of
+                    // one device.
+                    let cap = cluster.settings.fence_rows.max(1);
+                    let n = state.per_device.get(&row.device_id).copied().unwrap_or(0);
+                    if n >= cap {
+                        commit(state).await;
+                    }
+                    *state.per_device.entry(row.device_id.clone()).or_default() += 1;
+                }
                 state.rows.push(row);
+                state.incarnations.push(incarnation);
                 state.completions.push(done);
                 state
                     .args
@@ -172,13 +195,44 @@ fn uncount(counter: &AtomicU64) {
 /// Commits the pending batch, retrying a call that wrote nothing, then answers
 /// everyone waiting, each row with its own outcome.
 async fn commit(state: &mut WriterState) {
-    let rows = Arc::new(std::mem::take(&mut state.rows));
-    let completions = std::mem::take(&mut state.completions);
+    let mut rows = std::mem::take(&mut state.rows);
+    let mut completions = std::mem::take(&mut state.completions);
+    let incarnations = std::mem::take(&mut state.incarnations);
+    state.per_device.clear();
     let barriers = std::mem::take(&mut state.barriers);
+    let cluster = state.args.global.cluster.clone();
+    if let Some(c) = &cluster {
+        // Rows of an incarnation before a rejoin, or any row once the lease ran out, are
+        // not written: another node may own their devices by now.
+        let mut kept_rows = Vec::with_capacity(rows.len());
+        let mut kept_done = Vec::with_capacity(rows.len());
+        for ((row, done), inc) in rows.into_iter().zip(completions).zip(incarnations) {
+            if inc.is_some_and(|i| c.membership.writable(i)) {
+                kept_rows.push(row);
+                kept_done.push(done);
+            } else {
+                state.fenced.insert(row.device_id.clone());
+                done(Err(StoreError::Unavailable("node lease lapsed".into())));
+            }
+        }
+        rows = kept_rows;
+        completions = kept_done;
+        if rows.is_empty() {
+            for reply in barriers {
+                let _ = reply.send(());
+            }
+            return;
+        }
+    }
+    let rows = Arc::new(rows);
     let n = rows.len() as u64;
     let started = Instant::now();
     let mut result = Err(StoreError::Unavailable("not tried".into()));
     for attempt in 0..4u32 {
+        if cluster.as_ref().is_some_and(|c| !c.membership.may_write()) {
+            result = Err(StoreError::Unavailable("node lease lapsed".into()));
+            break;
+        }
         result = state.args.store.commit_rows(Arc::clone(&rows)).await;
         match &result {
             Ok(_) => break,
@@ -191,6 +245,15 @@ async fn commit(state: &mut WriterState) {
                 tokio::time::sleep(Duration::from_millis(20 << attempt)).await;
             }
         }
+    }
+    // Written, but the lease ran out meanwhile: not reported durable (its sender is
+    // answered `unavailable` and resends under the same request id).
+    if result.is_ok() && cluster.as_ref().is_some_and(|c| !c.membership.may_write()) {
+        tracing::warn!(
+            rows = n,
+            "lease lapsed during a commit; rows not acknowledged"
+        );
+        result = Err(StoreError::Unavailable("node lease lapsed".into()));
     }
     let stats = &state.args.stats;
     stats.backlog.store(0, Ordering::Relaxed);
@@ -293,9 +356,9 @@ impl PersistencePool {
         self.writers.read().ok().and_then(|w| w[slot].clone())
     }
 
-    /// Queues a row; `done` runs after it is durable. If no writer can take it, `done`
-    /// runs at once with an error.
-    pub fn append(&self, row: InboxRow, done: Completion) {
+    /// Queues a row (of node incarnation `incarnation`, in a cluster); `done` runs after
+    /// it is durable. If no writer can take it, `done` runs at once with an error.
+    pub fn append(&self, row: InboxRow, incarnation: Option<u64>, done: Completion) {
         let slot = self.slot_of(&row.device_id);
         let Some(writer) = self.writer(slot) else {
             done(Err(StoreError::Unavailable("no writer".into())));
@@ -303,8 +366,8 @@ impl PersistencePool {
         };
         let mailbox = &self.stats[slot].mailbox;
         mailbox.fetch_add(1, Ordering::Relaxed);
-        if let Err(ractor::MessagingErr::SendErr(WriterMsg::Append(_, done))) =
-            writer.cast(WriterMsg::Append(row, done))
+        if let Err(ractor::MessagingErr::SendErr(WriterMsg::Append(_, _, done))) =
+            writer.cast(WriterMsg::Append(row, incarnation, done))
         {
             uncount(mailbox);
             done(Err(StoreError::Unavailable("writer restarting".into())));

@@ -46,6 +46,43 @@ pub struct Settings {
     pub control_rate_per_minute: [u32; 3],
     /// How supervisors restart failing children.
     pub restart_policy: RestartPolicy,
+    /// This node's id (`n_<ulid>`): the owner of its job claims and device sessions.
+    pub node_id: String,
+    /// How long a job claim holds without renewal (a dead node's jobs are taken back
+    /// after it).
+    pub job_lease: Duration,
+    /// The cluster's timings (used only when the node runs in a cluster).
+    pub cluster: ClusterSettings,
+}
+
+/// Timings of a cluster (`docs/cluster.md`).
+#[derive(Debug, Clone, Copy)]
+pub struct ClusterSettings {
+    /// How often a node renews its lease.
+    pub heartbeat: Duration,
+    /// How long a lease holds.
+    pub lease: Duration,
+    /// The clock skew tolerated between nodes.
+    pub skew: Duration,
+    /// How long a call to another node waits for its answer.
+    pub call_timeout: Duration,
+    /// Most rows of one device in one commit batch; a takeover fences this many seqs.
+    pub fence_rows: usize,
+    /// A send not complete after this long is answered `unavailable`.
+    pub send_timeout: Duration,
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        ClusterSettings {
+            heartbeat: Duration::from_secs(1),
+            lease: Duration::from_secs(6),
+            skew: Duration::from_secs(1),
+            call_timeout: Duration::from_secs(10),
+            fence_rows: 64,
+            send_timeout: Duration::from_secs(30),
+        }
+    }
 }
 
 impl Default for Settings {
@@ -70,6 +107,9 @@ impl Default for Settings {
             job_retention: Duration::from_secs(7 * 24 * 3600),
             control_rate_per_minute: [6000, 600, 1200],
             restart_policy: RestartPolicy::default(),
+            node_id: "n_local".into(),
+            job_lease: Duration::from_secs(30),
+            cluster: ClusterSettings::default(),
         }
     }
 }

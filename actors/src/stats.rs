@@ -1,6 +1,6 @@
 //! Process-wide counters, read by `/metrics` and the admin endpoints.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// Counters updated by the actors and the transport.
 #[derive(Debug, Default)]
@@ -25,6 +25,10 @@ pub struct Stats {
     pub slow_consumers: AtomicU64,
     /// Recipient rows delivered again after they were lost (in order, see `outbox.rs`).
     pub rows_resent: AtomicU64,
+    /// Open WebSocket connections on this node.
+    pub connections: AtomicU64,
+    /// The node is draining (it takes no new connections).
+    pub draining: AtomicBool,
     /// Prometheus instruments (see [`crate::metrics`]).
     pub metrics: crate::metrics::ActorMetrics,
 }

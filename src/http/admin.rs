@@ -55,10 +55,11 @@ pub async fn inject_panic(
     if !state.config.test_hooks {
         return Err(ApiError::not_found("no such route"));
     }
-    let session = state.env.directory.session(&path).await?;
-    session
-        .cast(DeviceMsg::InjectPanic)
-        .map_err(|_| ApiError::new(protocol::ErrorCode::Unavailable, "session not running"))?;
+    state
+        .env
+        .directory
+        .deliver(&path, DeviceMsg::InjectPanic)
+        .await?;
     Ok(HttpResponse::Accepted().finish())
 }
 

@@ -3,7 +3,7 @@
 use actix_web::{delete, get, post, put, web, HttpResponse};
 use actors::cache::CacheKind;
 use actors::clock::now_ms;
-use actors::device::{DeviceMsg, DeviceStatus};
+use actors::device::DeviceStatus;
 use actors::store::DeviceRecord;
 use credentials::DeviceClaims;
 use protocol::rest::{
@@ -49,10 +49,7 @@ pub async fn owned_device(
 pub async fn device_view(state: &AppState, d: DeviceRecord) -> Device {
     let mut connected = false;
     let mut last_seen = d.last_seen;
-    let live = match state.env.directory.running(&d.id) {
-        Some(session) => ractor::call!(session, DeviceMsg::Info).ok(),
-        None => None,
-    };
+    let live = state.env.directory.info(&d.id).await;
     match live {
         Some(info) => {
             connected = info.connections > 0;

@@ -131,6 +131,13 @@ pub async fn read_page(
         .store
         .read_inbox(device_id, after_seq, limit as usize + 1)
         .await?;
+    if state.cluster.is_some() {
+        // In a cluster, a page stops at the durable seq of the device's owner: above
+        // it may lie rows a takeover is about to fence (`docs/cluster.md`).
+        if let Some(info) = state.directory.info(device_id).await {
+            rows.retain(|r| r.seq <= info.last_seq);
+        }
+    }
     let more = rows.len() > limit as usize;
     rows.truncate(limit as usize);
     let next = rows.last().map(|r| r.seq).unwrap_or(after_seq);

@@ -219,8 +219,9 @@ fn parse_lane(name: &str) -> Result<Priority, ApiError> {
 }
 
 /// `POST /admin/queues/lanes/{lane}/pause`: the dispatcher stops claiming the lane's
-/// jobs; they stay waiting (none fails), jobs already in flight finish. The paused
-/// state outlives a dispatcher restart (not a process restart).
+/// jobs; they stay waiting (none fails), jobs already in flight finish. The pause is
+/// stored (`Store::set_lane_paused`), for every node's dispatcher, and outlives a
+/// restart; this node's dispatcher stops at once.
 #[utoipa::path(post, path = "/admin/queues/lanes/{lane}/pause", tag = "admin",
     params(("lane" = String, Path, description = "critical, high, normal or low")),
     responses((status = 200, description = "`{\"lane\",\"paused\":true,\"changed\":bool}`"),
@@ -233,6 +234,8 @@ pub async fn pause_lane(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let lane = parse_lane(&path)?;
+    // Stored first: a pause that could not be stored is not answered as done.
+    state.env.store.set_lane_paused(lane, true).await?;
     let changed = state.env.dispatcher.pause(lane);
     tracing::info!(
         action = "pause",
@@ -248,7 +251,7 @@ pub async fn pause_lane(
 }
 
 /// `POST /admin/queues/lanes/{lane}/resume`: the dispatcher claims the lane's jobs
-/// again.
+/// again (stored, as a pause is).
 #[utoipa::path(post, path = "/admin/queues/lanes/{lane}/resume", tag = "admin",
     params(("lane" = String, Path, description = "critical, high, normal or low")),
     responses((status = 200, description = "`{\"lane\",\"paused\":false,\"changed\":bool}`"),
@@ -261,6 +264,7 @@ pub async fn resume_lane(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let lane = parse_lane(&path)?;
+    state.env.store.set_lane_paused(lane, false).await?;
     let changed = state.env.dispatcher.resume(lane);
     tracing::info!(
         action = "resume",

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use actors::jobs::{JobRecord, JobUpdate, QueueCount, SharedBody};
 use actors::store::{
-    AcceptedSend, DayStats, DeviceRecord, GroupRecord, InboxRow, MessageCopy, RowResult,
-    StatusEntry, Store, StoreError, StoreResult, TenantRecord,
+    AcceptedSend, DayStats, DeviceRecord, GroupRecord, InboxRow, JobClaim, MessageCopy, NodeLoad,
+    NodeRecord, OwnerRecord, RowResult, StatusEntry, Store, StoreError, StoreResult, TenantRecord,
 };
 use async_trait::async_trait;
 use dashmap::DashSet;
@@ -147,14 +147,27 @@ hooked_impl! {
         queue_tail(tenant_id: &str, lane: Priority) -> StoreResult<Option<i64>>;
         requeue_active_jobs() -> StoreResult<u64>;
         promote_due_jobs(now: i64) -> StoreResult<u64>;
-        claim_jobs(now: i64, limit: usize, paused: &[Priority]) -> StoreResult<Vec<JobRecord>>;
-        finish_jobs(updates: Vec<JobUpdate>, now: i64) -> StoreResult<()>;
+        claim_jobs(now: i64, limit: usize, paused: &[Priority], claim: &JobClaim) -> StoreResult<Vec<JobRecord>>;
+        finish_jobs(updates: Vec<JobUpdate>, now: i64, owner: &str) -> StoreResult<()>;
+        renew_job_claims(owner: &str, lease_until: i64) -> StoreResult<u64>;
+        reclaim_jobs(now: i64) -> StoreResult<u64>;
+        release_job_claims(owner: &str) -> StoreResult<u64>;
+        set_lane_paused(lane: Priority, paused: bool) -> StoreResult<()>;
+        paused_lanes() -> StoreResult<Vec<Priority>>;
         set_job_progress(id: &str, done: u64, now: i64) -> StoreResult<()>;
         cancel_job(id: &str, now: i64) -> StoreResult<bool>;
         retry_job(id: &str, now: i64, rank: i64) -> StoreResult<bool>;
         prune_jobs(before: i64, limit: usize) -> StoreResult<u64>;
         queue_counts() -> StoreResult<Vec<QueueCount>>;
         lane_depths() -> StoreResult<[u64; 4]>;
+        put_node(node: NodeRecord) -> StoreResult<()>;
+        renew_node(id: &str, lease_until: i64, load: NodeLoad) -> StoreResult<bool>;
+        list_nodes() -> StoreResult<Vec<NodeRecord>>;
+        remove_node(id: &str) -> StoreResult<()>;
+        get_owner(device_id: &str) -> StoreResult<Option<OwnerRecord>>;
+        claim_owner(device_id: &str, node: &str, seen: Option<u64>, now: i64) -> StoreResult<Option<OwnerRecord>>;
+        release_owner(device_id: &str, node: &str, epoch: u64, now: i64) -> StoreResult<bool>;
+        fence_inbox(device_id: &str, from: u64, count: u64, epoch: u64) -> StoreResult<()>;
 }
 
 /// Test-only faults (`test_hooks`): a store outage, slow commits, and failing inbox

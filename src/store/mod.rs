@@ -35,6 +35,17 @@ pub mod mongo;
 pub mod sqlite;
 pub mod timed;
 
+/// The last seq of the range `Store::fence_inbox(_, from, count, _)` fences (`None`:
+/// an empty range); `Unavailable` past the last seq, as any seq out of range.
+pub(crate) fn fence_end(from: u64, count: u64) -> Result<Option<u64>, StoreError> {
+    if count == 0 {
+        return Ok(None);
+    }
+    from.checked_add(count - 1).map(Some).ok_or_else(|| {
+        StoreError::Unavailable(format!("fence past the last seq: {from} + {count}"))
+    })
+}
+
 #[async_trait]
 impl StoreAdmin for mongo::MongoStore {
     async fn admin_stats(

@@ -12,7 +12,6 @@ use actors::limits::{Control, ControlBudgets};
 use actors::store::DeviceRecord;
 use protocol::error::close;
 use protocol::{ClientFrame, ErrorCode, ServerFrame};
-use ractor::ActorRef;
 use tokio::sync::mpsc;
 
 use crate::http::messages::read_page;
@@ -77,7 +76,7 @@ impl Connection {
             .max_continuation_size(max);
         let (tx, rx) = mpsc::channel::<Frame>(self.state.env.settings.outbound_buffer);
         let progress = Arc::new(Progress::default());
-        let Some((device_ref, attached, signal)) = self.attach(&tx, &progress).await else {
+        let Some((attached, signal)) = self.attach(&tx, &progress).await else {
             close_with(session, close::RESTARTING, "server restarting").await;
             return;
         };
@@ -90,26 +89,20 @@ impl Connection {
             heartbeat_ms: self.state.config.heartbeat_ms,
         }
         .encode();
-        let _open = crate::metrics::OpenConnection::open();
+        let _open = crate::metrics::OpenConnection::open(&self.state.env);
         crate::metrics::ws().frames_out.increment(1);
+        let directory = &self.state.env.directory;
         if session.text(ready).await.is_err() {
-            let _ = device_ref.cast(DeviceMsg::Detach(self.id));
+            directory.detach(&self.device.id, self.id);
             return;
         }
         tracing::debug!(last_seq, "connected");
         let writer = actix_web::rt::spawn(write_frames(session.clone(), rx, progress));
         let end = self
-            .read_frames(
-                &mut session,
-                &mut stream,
-                &device_ref,
-                &tx,
-                &signal,
-                &attached.budgets,
-            )
+            .read_frames(&mut session, &mut stream, &tx, &signal, &attached.budgets)
             .await;
         writer.abort();
-        let _ = device_ref.cast(DeviceMsg::Detach(self.id));
+        directory.detach(&self.device.id, self.id);
         if let End::Close(code, reason) = end {
             tracing::debug!(code, reason, "closing connection");
             // A slow reader's socket may never drain: bound the close.
@@ -123,38 +116,43 @@ impl Connection {
         }
     }
 
-    /// Attaches to the device's session; retries while sessions stop and start. Each
+    /// Attaches to the device's session, wherever it runs; retries while sessions stop
+    /// and start (in a cluster, while a dead node's devices wait to be taken over). Each
     /// try has its own close signal: a handle dropped unhandled (its session stopped
     /// first) closes only that try's signal, never the connection that attaches next.
     async fn attach(
         &self,
         tx: &mpsc::Sender<Frame>,
         progress: &Arc<Progress>,
-    ) -> Option<(ActorRef<DeviceMsg>, Attached, Arc<CloseSignal>)> {
-        for _ in 0..5 {
-            let device_ref = self
-                .state
-                .env
-                .directory
-                .session(&self.device.id)
-                .await
-                .ok()?;
+    ) -> Option<(Attached, Arc<CloseSignal>)> {
+        let env = &self.state.env;
+        let deadline = Instant::now()
+            + match &env.cluster {
+                // A dead owner's devices are free once its lease (and the skew) ran out.
+                Some(c) => c.settings.lease + c.settings.skew * 2,
+                None => Duration::from_millis(100),
+            };
+        let mut tries = 0u32;
+        loop {
+            tries += 1;
             let signal = Arc::new(CloseSignal::default());
             let handle = ConnHandle::new(self.id, tx.clone(), signal.clone(), progress.clone());
-            match ractor::call!(device_ref, DeviceMsg::Attach, handle) {
-                Ok(Ok(attached)) => return Some((device_ref, attached, signal)),
-                // The session is draining: the supervisor starts a fresh one.
-                _ => tokio::time::sleep(Duration::from_millis(20)).await,
+            match env.directory.attach(&self.device.id, handle).await {
+                Ok(attached) => return Some((attached, signal)),
+                Err(actors::directory::RouteError::NoDevice) => return None,
+                // The session is draining, or starting elsewhere: try again.
+                Err(_) if tries < 5 || Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20 * u64::from(tries.min(10)))).await
+                }
+                Err(_) => return None,
             }
         }
-        None
     }
 
     async fn read_frames(
         &self,
         session: &mut Session,
         stream: &mut actix_ws::AggregatedMessageStream,
-        device_ref: &ActorRef<DeviceMsg>,
         tx: &mpsc::Sender<Frame>,
         signal: &CloseSignal,
         budgets: &ControlBudgets,
@@ -188,7 +186,7 @@ impl Connection {
                     match msg {
                         Some(Ok(AggregatedMessage::Text(text))) => {
                             crate::metrics::ws().frames_in.increment(1);
-                            if let Err(end) = self.on_text(&text, device_ref, tx, budgets).await {
+                            if let Err(end) = self.on_text(&text, tx, budgets).await {
                                 return end;
                             }
                         }
@@ -227,11 +225,10 @@ impl Connection {
     async fn on_text(
         &self,
         text: &str,
-        device_ref: &ActorRef<DeviceMsg>,
         tx: &mpsc::Sender<Frame>,
         budgets: &ControlBudgets,
     ) -> Result<(), End> {
-        let Some(frame) = self.answer(text, device_ref, budgets).await else {
+        let Some(frame) = self.answer(text, budgets).await else {
             return Ok(());
         };
         // A direct answer waits for room in the buffer, as long as a reader may stall.
@@ -244,12 +241,7 @@ impl Connection {
 
     /// Acts on one text frame; returns the frame to answer with directly, if any
     /// (acks come later from the device session).
-    async fn answer(
-        &self,
-        text: &str,
-        device_ref: &ActorRef<DeviceMsg>,
-        budgets: &ControlBudgets,
-    ) -> Option<Frame> {
+    async fn answer(&self, text: &str, budgets: &ControlBudgets) -> Option<Frame> {
         let frame = match ClientFrame::decode(text) {
             Ok(f) => f,
             Err(e) => return Some(error_frame(e.id.as_deref(), e.code, &e.message, None)),
@@ -296,8 +288,14 @@ impl Connection {
                     priority,
                     resume: None,
                 };
-                let cast = device_ref.cast(DeviceMsg::Send(req, Responder::Conn(self.id)));
-                cast.is_err().then(|| {
+                let sent = env
+                    .directory
+                    .deliver(
+                        &self.device.id,
+                        DeviceMsg::Send(req, Responder::Conn(self.id)),
+                    )
+                    .await;
+                sent.is_err().then(|| {
                     error_frame(
                         id.as_deref(),
                         ErrorCode::Unavailable,

@@ -235,7 +235,10 @@ pub async fn check_delete_device(store: Arc<dyn Store>) {
         .await
         .unwrap();
     // j-active is claimed (the best rank), then stays active.
-    let claimed = store.claim_jobs(100, 1, &[]).await.unwrap();
+    let claimed = store
+        .claim_jobs(100, 1, &[], &crate::jobs::claim(crate::jobs::NODE))
+        .await
+        .unwrap();
     assert_eq!(claimed[0].id, "j-active");
 
     assert!(store.delete_device("a", 999).await.unwrap());

@@ -58,6 +58,8 @@ pub fn message_row(
         kind: RowKind::Message(Arc::clone(m)),
         ts: m.ts,
         client_id: client_id.map(Into::into),
+        epoch: 0,
+        into_fence: false,
     }
 }
 
@@ -79,6 +81,8 @@ fn status_row(
         }),
         ts,
         client_id: None,
+        epoch: 0,
+        into_fence: false,
     }
 }
 
@@ -462,4 +466,268 @@ pub async fn check_inbox_lookups(store: Arc<dyn Store>) {
         .await
         .unwrap()
         .is_empty());
+}
+
+/// `row` written by the session of `epoch`, into that epoch's fence or not.
+fn at_epoch(row: InboxRow, epoch: u64, into_fence: bool) -> InboxRow {
+    InboxRow {
+        epoch,
+        into_fence,
+        ..row
+    }
+}
+
+async fn commit(store: &Arc<dyn Store>, rows: Vec<InboxRow>) -> Vec<Result<(), StoreError>> {
+    store.commit_rows(Arc::new(rows)).await.unwrap()
+}
+
+fn is_conflict(r: &Result<(), StoreError>) -> bool {
+    matches!(r, Err(StoreError::Conflict(_)))
+}
+
+pub async fn check_fences(store: Arc<dyn Store>) {
+    let m = |id: &str, ts: i64| msg(id, Some("f"), "+1", Some("+2"), "{}", ts);
+    let (m1, m2, m4, m8) = (m("m1", 1), m("m2", 2), m("m4", 4), m("m8", 8));
+    // Epoch 1 wrote 1..3; its stale commit landed at 4, 5 and 8 (8 lies past the range
+    // fenced below); m4 is held by another inbox too.
+    commit_ok(
+        &store,
+        vec![
+            at_epoch(message_row("f", 1, &m1, Some("c1")), 1, false),
+            at_epoch(message_row("f", 2, &m2, None), 1, false),
+            at_epoch(
+                status_row("f", 3, "m1", ReceiptStatus::Delivered, "+2", 3),
+                1,
+                false,
+            ),
+            at_epoch(message_row("f", 4, &m4, Some("c4")), 1, false),
+            at_epoch(
+                status_row("f", 5, "m1", ReceiptStatus::Read, "+2", 5),
+                1,
+                false,
+            ),
+            at_epoch(message_row("f", 8, &m8, None), 1, false),
+            message_row("r", 1, &m4, None),
+        ],
+    )
+    .await;
+    let rows = store.read_inbox("f", 0, 100).await.unwrap();
+    assert_eq!(seqs(&rows), [1, 2, 3, 4, 5, 8]);
+    assert!(rows.iter().all(|r| r.epoch == 1 && !r.into_fence));
+
+    // Epoch 2 fences 4..=7: the stale rows there become its fences, the empty slots
+    // get fences; rows outside the range stay.
+    store.fence_inbox("f", 4, 4, 2).await.unwrap();
+    assert_eq!(
+        seqs(&store.read_inbox("f", 0, 100).await.unwrap()),
+        [1, 2, 3, 8]
+    );
+    assert_eq!(seqs(&store.read_inbox("f", 3, 1).await.unwrap()), [8]);
+    assert_eq!(store.last_seq("f").await.unwrap(), 8);
+    // No read finds what the fences replaced.
+    assert!(store
+        .inbox_messages("f", &["m4".to_string()])
+        .await
+        .unwrap()
+        .is_empty());
+    let copies = store.message_copies("m4").await.unwrap();
+    assert_eq!(copies.len(), 1);
+    assert_eq!(copies[0].device_id, "r");
+    let statuses = store.statuses("f", "m1").await.unwrap();
+    assert_eq!(statuses.len(), 1);
+    assert_eq!(statuses[0].seq, 3);
+    let recent = store.recent_client_ids("f", 10).await.unwrap();
+    assert_eq!(recent.len(), 1);
+    assert_eq!(recent[0].client_id, "c1");
+    assert!(store
+        .sends_by_client_id("f", "c4")
+        .await
+        .unwrap()
+        .is_empty());
+
+    // The stale owner's inserts hit the fences: conflict, and its later rows aborted.
+    let (m5, m6, m7) = (m("m5", 5), m("m6", 6), m("m7", 7));
+    let stale = commit(
+        &store,
+        vec![
+            at_epoch(message_row("f", 6, &m5, None), 1, false),
+            at_epoch(message_row("f", 7, &m6, None), 1, false),
+        ],
+    )
+    .await;
+    assert!(is_conflict(&stale[0]), "{stale:?}");
+    assert_eq!(stale[1], Err(StoreError::Aborted));
+    // Nor may it write into a fence of another epoch.
+    let stale = commit(
+        &store,
+        vec![at_epoch(message_row("f", 6, &m5, None), 1, true)],
+    )
+    .await;
+    assert!(is_conflict(&stale[0]), "{stale:?}");
+    // A row of the fencing epoch that is not meant for a fence does not replace one.
+    let plain = commit(
+        &store,
+        vec![at_epoch(message_row("f", 6, &m5, None), 2, false)],
+    )
+    .await;
+    assert!(is_conflict(&plain[0]), "{plain:?}");
+    // A row meant for a fence where there is none.
+    let none = commit(
+        &store,
+        vec![at_epoch(message_row("f", 20, &m5, None), 2, true)],
+    )
+    .await;
+    assert!(is_conflict(&none[0]), "{none:?}");
+
+    // The new owner writes into its fences (a retry of it is answered the same); a
+    // later row of the inbox that conflicts aborts those after it, which go again,
+    // while the rows written into fences stay.
+    let own = vec![
+        at_epoch(message_row("f", 4, &m5, Some("c5")), 2, true),
+        at_epoch(message_row("f", 5, &m6, None), 2, true),
+    ];
+    assert_eq!(commit(&store, own.clone()).await, [Ok(()), Ok(())]);
+    assert_eq!(commit(&store, own).await, [Ok(()), Ok(())]);
+    let mixed = commit(
+        &store,
+        vec![
+            at_epoch(message_row("f", 6, &m7, None), 2, true),
+            at_epoch(message_row("f", 8, &m7, None), 2, false),
+            at_epoch(message_row("f", 9, &m("m9", 9), None), 2, false),
+        ],
+    )
+    .await;
+    assert_eq!(mixed[0], Ok(()));
+    assert!(is_conflict(&mixed[1]), "{mixed:?}");
+    assert_eq!(mixed[2], Err(StoreError::Aborted));
+    let rows = store.read_inbox("f", 0, 100).await.unwrap();
+    assert_eq!(seqs(&rows), [1, 2, 3, 4, 5, 6, 8]);
+    assert_eq!(rows[3].kind, RowKind::Message(Arc::clone(&m5)));
+    assert_eq!(rows[3].client_id.as_deref(), Some("c5"));
+    assert_eq!(
+        rows.iter().map(|r| r.epoch).collect::<Vec<_>>(),
+        [1, 1, 1, 2, 2, 2, 1]
+    );
+    assert_eq!(store.recent_client_ids("f", 10).await.unwrap().len(), 2);
+    // A slot written into its fence holds that row: other content conflicts.
+    let other = commit(
+        &store,
+        vec![at_epoch(message_row("f", 4, &m8, None), 2, true)],
+    )
+    .await;
+    assert!(is_conflict(&other[0]), "{other:?}");
+
+    // Fencing again at the same epoch leaves its rows and fences alone.
+    store.fence_inbox("f", 4, 4, 2).await.unwrap();
+    assert_eq!(
+        seqs(&store.read_inbox("f", 0, 100).await.unwrap()),
+        [1, 2, 3, 4, 5, 6, 8]
+    );
+    // Its fence at 7 is still there to write into.
+    commit_ok(
+        &store,
+        vec![at_epoch(message_row("f", 7, &m("m10", 10), None), 2, true)],
+    )
+    .await;
+
+    // A newer epoch fences over all of it: epoch 2's rows and fences, epoch 1's row.
+    store.fence_inbox("f", 4, 5, 3).await.unwrap();
+    assert_eq!(
+        seqs(&store.read_inbox("f", 0, 100).await.unwrap()),
+        [1, 2, 3]
+    );
+    assert_eq!(store.last_seq("f").await.unwrap(), 3);
+    assert!(store.message_copies("m5").await.unwrap().is_empty());
+    let late = commit(
+        &store,
+        vec![at_epoch(message_row("f", 6, &m7, None), 2, true)],
+    )
+    .await;
+    assert!(is_conflict(&late[0]), "{late:?}");
+    // A message whose row became a fence may be written again, into a fence.
+    commit_ok(
+        &store,
+        vec![at_epoch(message_row("f", 4, &m5, None), 3, true)],
+    )
+    .await;
+    assert_eq!(store.last_seq("f").await.unwrap(), 4);
+    assert_eq!(
+        store
+            .inbox_messages("f", &["m5".to_string()])
+            .await
+            .unwrap()[0]
+            .seq,
+        4
+    );
+    // An empty range fences nothing.
+    store.fence_inbox("f", 5, 0, 9).await.unwrap();
+    commit_ok(
+        &store,
+        vec![at_epoch(message_row("f", 5, &m6, None), 3, true)],
+    )
+    .await;
+    // Other inboxes are untouched.
+    assert_eq!(seqs(&store.read_inbox("r", 0, 10).await.unwrap()), [1]);
+}
+
+pub async fn check_message_rows_once(store: Arc<dyn Store>) {
+    let m = |id: &str| msg(id, Some("a"), "+1", Some("+2"), "{}", 1);
+    let (m1, m2, m3, m4) = (m("m1"), m("m2"), m("m3"), m("m4"));
+    commit_ok(&store, vec![message_row("a", 1, &m1, Some("c1"))]).await;
+    // The same message again at another seq: a conflict, the inbox's later rows
+    // aborted.
+    let again = commit(
+        &store,
+        vec![
+            message_row("a", 2, &m1, None),
+            message_row("a", 3, &m2, None),
+        ],
+    )
+    .await;
+    assert!(is_conflict(&again[0]), "{again:?}");
+    assert_eq!(again[1], Err(StoreError::Aborted));
+    assert_eq!(store.last_seq("a").await.unwrap(), 1);
+    // Twice in one call.
+    let twice = commit(
+        &store,
+        vec![
+            message_row("a", 2, &m3, None),
+            message_row("a", 3, &m3, None),
+            message_row("a", 4, &m4, None),
+            message_row("b", 1, &m3, None),
+        ],
+    )
+    .await;
+    assert_eq!(twice[0], Ok(()));
+    assert!(is_conflict(&twice[1]), "{twice:?}");
+    assert_eq!(twice[2], Err(StoreError::Aborted));
+    assert_eq!(twice[3], Ok(()));
+    assert_eq!(seqs(&store.read_inbox("a", 0, 10).await.unwrap()), [1, 2]);
+    // The same row at its own seq is still a retry; statuses of one message repeat;
+    // other inboxes hold their own copy.
+    commit_ok(
+        &store,
+        vec![
+            message_row("a", 1, &m1, Some("c1")),
+            status_row("a", 3, "m1", ReceiptStatus::Delivered, "+2", 2),
+            status_row("a", 4, "m1", ReceiptStatus::Read, "+2", 3),
+            message_row("b", 2, &m1, None),
+        ],
+    )
+    .await;
+    assert_eq!(store.message_copies("m1").await.unwrap().len(), 2);
+    // Into a fence as well.
+    store.fence_inbox("a", 5, 2, 1).await.unwrap();
+    let fenced = commit(
+        &store,
+        vec![at_epoch(message_row("a", 5, &m1, None), 1, true)],
+    )
+    .await;
+    assert!(is_conflict(&fenced[0]), "{fenced:?}");
+    commit_ok(
+        &store,
+        vec![at_epoch(message_row("a", 5, &m2, None), 1, true)],
+    )
+    .await;
+    assert_eq!(store.last_seq("a").await.unwrap(), 5);
 }

@@ -8,10 +8,21 @@ use std::time::Duration;
 use actors::jobs::{
     rank, JobBody, JobKind, JobRecord, JobState, JobUpdate, QueueCount, SharedBody,
 };
-use actors::store::{Store, StoreError};
+use actors::store::{JobClaim, Store, StoreError};
 use protocol::Priority;
 
 const AGING: Duration = Duration::from_secs(10);
+
+/// The node the checks claim jobs as, unless they race two.
+pub const NODE: &str = "n_test";
+
+/// A claim by `owner` whose lease holds for a long time.
+pub fn claim(owner: &str) -> JobClaim {
+    JobClaim {
+        owner: owner.into(),
+        lease_until: i64::MAX,
+    }
+}
 
 pub fn job(id: &str, lane: Priority, due: i64) -> JobRecord {
     JobRecord {
@@ -69,13 +80,21 @@ pub async fn check_claims_by_lane_with_aging(store: Arc<dyn Store>) {
         )
         .await
         .unwrap();
-    let first = store.claim_jobs(now, 2, &[]).await.unwrap();
+    let first = store.claim_jobs(now, 2, &[], &claim(NODE)).await.unwrap();
     assert_eq!(ids(&first), ["low-old", "critical-new"]);
     assert!(first.iter().all(|j| j.state == JobState::Active));
-    let rest = store.claim_jobs(now, 10, &[]).await.unwrap();
+    let rest = store.claim_jobs(now, 10, &[], &claim(NODE)).await.unwrap();
     assert_eq!(ids(&rest), ["high-new", "normal-new", "low-new"]);
-    assert!(store.claim_jobs(now, 10, &[]).await.unwrap().is_empty());
-    assert!(store.claim_jobs(now, 0, &[]).await.unwrap().is_empty());
+    assert!(store
+        .claim_jobs(now, 10, &[], &claim(NODE))
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(store
+        .claim_jobs(now, 0, &[], &claim(NODE))
+        .await
+        .unwrap()
+        .is_empty());
     for id in ["low-new", "low-old", "critical-new"] {
         assert_eq!(
             store.get_job(id).await.unwrap().unwrap().state,
@@ -102,22 +121,25 @@ pub async fn check_paused_lanes_and_depths(store: Arc<dyn Store>) {
         .await
         .unwrap();
     assert_eq!(store.lane_depths().await.unwrap(), [1, 0, 1, 3]);
-    let got = store.claim_jobs(now, 10, &[Priority::Low]).await.unwrap();
+    let got = store
+        .claim_jobs(now, 10, &[Priority::Low], &claim(NODE))
+        .await
+        .unwrap();
     assert_eq!(ids(&got), ["critical", "normal"]);
     // Claimed jobs are active, no longer queued.
     assert_eq!(store.lane_depths().await.unwrap(), [0, 0, 0, 3]);
     assert!(store
-        .claim_jobs(now, 10, &[Priority::Low, Priority::High])
+        .claim_jobs(now, 10, &[Priority::Low, Priority::High], &claim(NODE))
         .await
         .unwrap()
         .is_empty());
     assert!(store
-        .claim_jobs(now, 10, &Priority::ALL)
+        .claim_jobs(now, 10, &Priority::ALL, &claim(NODE))
         .await
         .unwrap()
         .is_empty());
     assert_eq!(
-        ids(&store.claim_jobs(now, 10, &[]).await.unwrap()),
+        ids(&store.claim_jobs(now, 10, &[], &claim(NODE)).await.unwrap()),
         ["low-1", "low-2"]
     );
     assert_eq!(store.lane_depths().await.unwrap(), [0, 0, 0, 1]);
@@ -131,7 +153,10 @@ pub async fn check_state_machine(store: Arc<dyn Store>) {
         .insert_jobs(Vec::new(), vec![job("a", Priority::Normal, now), later])
         .await
         .unwrap();
-    let claimed = store.claim_jobs(now + 10, 10, &[]).await.unwrap();
+    let claimed = store
+        .claim_jobs(now + 10, 10, &[], &claim(NODE))
+        .await
+        .unwrap();
     assert_eq!(ids(&claimed), ["a"]);
     // Answered as it was before the claim: never touched (fresh).
     assert_eq!(claimed[0].updated_at, claimed[0].created_at);
@@ -145,6 +170,7 @@ pub async fn check_state_machine(store: Arc<dyn Store>) {
                 attempts: 0,
             }],
             now + 20,
+            NODE,
         )
         .await
         .unwrap();
@@ -156,7 +182,10 @@ pub async fn check_state_machine(store: Arc<dyn Store>) {
     assert_eq!(store.promote_due_jobs(now + 499).await.unwrap(), 0);
     assert_eq!(store.promote_due_jobs(now + 1_000).await.unwrap(), 2);
     assert_eq!(store.promote_due_jobs(now + 1_000).await.unwrap(), 0);
-    let claimed = store.claim_jobs(now + 1_500, 10, &[]).await.unwrap();
+    let claimed = store
+        .claim_jobs(now + 1_500, 10, &[], &claim(NODE))
+        .await
+        .unwrap();
     assert_eq!(claimed.len(), 2);
     let a = claimed.iter().find(|j| j.id == "a").unwrap();
     // Touched before (delayed once): the dispatcher looks for an earlier send.
@@ -166,7 +195,10 @@ pub async fn check_state_machine(store: Arc<dyn Store>) {
     assert_eq!(store.requeue_active_jobs().await.unwrap(), 0);
     let later = store.get_job("later").await.unwrap().unwrap();
     assert_eq!((later.state, later.attempts), (JobState::Waiting, 1));
-    let reclaimed = store.claim_jobs(now + 2_000, 10, &[]).await.unwrap();
+    let reclaimed = store
+        .claim_jobs(now + 2_000, 10, &[], &claim(NODE))
+        .await
+        .unwrap();
     assert_eq!(reclaimed.len(), 2);
     let later = reclaimed.iter().find(|j| j.id == "later").unwrap();
     assert_eq!(later.attempts, 1);
@@ -186,6 +218,7 @@ pub async fn check_state_machine(store: Arc<dyn Store>) {
                 },
             ],
             now + 3_000,
+            NODE,
         )
         .await
         .unwrap();
@@ -205,6 +238,7 @@ pub async fn check_state_machine(store: Arc<dyn Store>) {
                 attempts: 2,
             }],
             now,
+            NODE,
         )
         .await
         .unwrap();
@@ -230,7 +264,7 @@ pub async fn check_state_machine(store: Arc<dyn Store>) {
     let l = store.get_job("later").await.unwrap().unwrap();
     assert_eq!((l.state, l.updated_at), (JobState::Cancelled, now + 5_000));
     assert!(store
-        .claim_jobs(now + 9_000, 10, &[])
+        .claim_jobs(now + 9_000, 10, &[], &claim(NODE))
         .await
         .unwrap()
         .is_empty());
@@ -297,7 +331,7 @@ pub async fn check_job_fields_and_progress(store: Arc<dyn Store>) {
         store.get_job("full").await.unwrap().unwrap().progress_done,
         0
     );
-    store.claim_jobs(9_000, 1, &[]).await.unwrap();
+    store.claim_jobs(9_000, 1, &[], &claim(NODE)).await.unwrap();
     store.set_job_progress("full", 10, 9_200).await.unwrap();
     let got = store.get_job("full").await.unwrap().unwrap();
     assert_eq!((got.progress_done, got.updated_at), (10, 9_200));
@@ -310,6 +344,7 @@ pub async fn check_job_fields_and_progress(store: Arc<dyn Store>) {
                 attempts: 3,
             }],
             9_300,
+            NODE,
         )
         .await
         .unwrap();
@@ -318,7 +353,7 @@ pub async fn check_job_fields_and_progress(store: Arc<dyn Store>) {
         (got.state, got.message_id, got.attempts),
         (JobState::Completed, None, 3)
     );
-    store.finish_jobs(Vec::new(), 1).await.unwrap();
+    store.finish_jobs(Vec::new(), 1, NODE).await.unwrap();
 
     // The same id again: refused, and nothing of that call is stored (no partial
     // enqueue), its new shared body included.
@@ -381,7 +416,10 @@ pub async fn check_queue_tail(store: Arc<dyn Store>) {
         Some(rank(50_000, Priority::Normal, AGING))
     );
     // Only waiting jobs count: claim the best three normal ones (j2, j1, then j3).
-    let claimed = store.claim_jobs(0, 3, &[Priority::Low]).await.unwrap();
+    let claimed = store
+        .claim_jobs(0, 3, &[Priority::Low], &claim(NODE))
+        .await
+        .unwrap();
     assert_eq!(ids(&claimed), ["j2", "j1", "j3"]);
     assert_eq!(
         store.queue_tail("t1", Priority::Normal).await.unwrap(),
@@ -442,7 +480,7 @@ pub async fn check_shared_bodies_and_prune(store: Arc<dyn Store>) {
     // Finish everything: c0..c2 and o1 complete at 2_000, c3 fails at 5_000, the
     // inline job is cancelled at 2_000, t2's job stays waiting.
     let claimed = store
-        .claim_jobs(10_000, 100, &[Priority::Normal])
+        .claim_jobs(10_000, 100, &[Priority::Normal], &claim(NODE))
         .await
         .unwrap();
     assert_eq!(claimed.len(), 6);
@@ -459,7 +497,7 @@ pub async fn check_shared_bodies_and_prune(store: Arc<dyn Store>) {
         not_before: 1,
         attempts: 0,
     });
-    store.finish_jobs(updates, 2_000).await.unwrap();
+    store.finish_jobs(updates, 2_000, NODE).await.unwrap();
     store.promote_due_jobs(2_000).await.unwrap();
     assert!(store.cancel_job("inline", 2_000).await.unwrap());
     store
@@ -470,6 +508,7 @@ pub async fn check_shared_bodies_and_prune(store: Arc<dyn Store>) {
                 attempts: 1,
             }],
             5_000,
+            NODE,
         )
         .await
         .unwrap();
@@ -530,7 +569,10 @@ pub async fn check_concurrent_claims(store: Arc<dyn Store>) {
             tokio::spawn(async move {
                 let mut mine = Vec::new();
                 loop {
-                    let got = store.claim_jobs(10_000, 7, &[]).await.unwrap();
+                    let got = store
+                        .claim_jobs(10_000, 7, &[], &claim(NODE))
+                        .await
+                        .unwrap();
                     if got.is_empty() {
                         break mine;
                     }
@@ -548,4 +590,144 @@ pub async fn check_concurrent_claims(store: Arc<dyn Store>) {
     assert_eq!(unique.len(), all.len(), "a job was claimed twice");
     assert_eq!(all.len(), 200);
     assert_eq!(store.lane_depths().await.unwrap(), [0, 0, 0, 0]);
+}
+
+/// A claim by `owner` that holds until `lease_until`.
+fn leased(owner: &str, lease_until: i64) -> JobClaim {
+    JobClaim {
+        owner: owner.into(),
+        lease_until,
+    }
+}
+
+fn completed(id: &str) -> JobUpdate {
+    JobUpdate::Completed {
+        id: id.into(),
+        message_id: Some(format!("m-{id}")),
+        attempts: 1,
+    }
+}
+
+async fn state_of(store: &Arc<dyn Store>, id: &str) -> (JobState, u32) {
+    let j = store.get_job(id).await.unwrap().unwrap();
+    (j.state, j.attempts)
+}
+
+pub async fn check_leased_claims(store: Arc<dyn Store>) {
+    let now = 10_000;
+    let jobs: Vec<JobRecord> = (0..5)
+        .map(|i| job(&format!("j{i}"), Priority::Normal, now + i))
+        .collect();
+    store.insert_jobs(Vec::new(), jobs).await.unwrap();
+    let a = store
+        .claim_jobs(now, 2, &[], &leased("n_a", now + 1_000))
+        .await
+        .unwrap();
+    let b = store
+        .claim_jobs(now, 2, &[], &leased("n_b", now + 5_000))
+        .await
+        .unwrap();
+    assert_eq!((ids(&a), ids(&b)), (vec!["j0", "j1"], vec!["j2", "j3"]));
+
+    // Only the claim's owner writes an outcome.
+    store
+        .finish_jobs(vec![completed("j0")], now + 10, "n_b")
+        .await
+        .unwrap();
+    assert_eq!(state_of(&store, "j0").await, (JobState::Active, 0));
+    store
+        .finish_jobs(vec![completed("j0"), completed("j2")], now + 10, "n_a")
+        .await
+        .unwrap();
+    assert_eq!(state_of(&store, "j0").await.0, JobState::Completed);
+    assert_eq!(state_of(&store, "j2").await.0, JobState::Active);
+
+    // A heartbeat renews the node's active claims only (j0 is finished).
+    assert_eq!(store.renew_job_claims("n_a", now + 3_000).await.unwrap(), 1);
+    assert_eq!(store.renew_job_claims("n_ghost", now).await.unwrap(), 0);
+    // Nothing has run out yet.
+    assert_eq!(store.reclaim_jobs(now + 2_000).await.unwrap(), 0);
+    assert_eq!(state_of(&store, "j1").await.0, JobState::Active);
+    // n_a's renewed lease runs out (n_a died): its job is waiting again, the attempt
+    // counted, and n_a's late outcome no longer applies.
+    assert_eq!(store.reclaim_jobs(now + 3_001).await.unwrap(), 1);
+    assert_eq!(store.reclaim_jobs(now + 3_001).await.unwrap(), 0);
+    assert_eq!(state_of(&store, "j1").await, (JobState::Waiting, 1));
+    store
+        .finish_jobs(vec![completed("j1")], now + 3_100, "n_a")
+        .await
+        .unwrap();
+    assert_eq!(state_of(&store, "j1").await.0, JobState::Waiting);
+    // A claim is not renewed for a node whose claims were taken back.
+    assert_eq!(store.renew_job_claims("n_a", now + 9_000).await.unwrap(), 0);
+
+    // n_b drains: its claims go back to waiting, no attempt counted.
+    assert_eq!(store.release_job_claims("n_b").await.unwrap(), 2);
+    assert_eq!(store.release_job_claims("n_b").await.unwrap(), 0);
+    assert_eq!(state_of(&store, "j2").await, (JobState::Waiting, 0));
+    assert_eq!(state_of(&store, "j3").await, (JobState::Waiting, 0));
+    assert_eq!(store.lane_depths().await.unwrap(), [0, 0, 4, 0]);
+    // Not reclaimed later by its old lease either.
+    assert_eq!(store.reclaim_jobs(i64::MAX).await.unwrap(), 0);
+
+    // Another node takes them over; the released node's outcome does not apply.
+    let c = store
+        .claim_jobs(now + 4_000, 10, &[], &leased("n_c", now + 10_000))
+        .await
+        .unwrap();
+    assert_eq!(ids(&c), ["j1", "j2", "j3", "j4"]);
+    store
+        .finish_jobs(vec![completed("j2")], now + 4_100, "n_b")
+        .await
+        .unwrap();
+    assert_eq!(state_of(&store, "j2").await.0, JobState::Active);
+    store
+        .finish_jobs(
+            vec![
+                completed("j2"),
+                JobUpdate::Delayed {
+                    id: "j3".into(),
+                    not_before: now + 20_000,
+                    attempts: 1,
+                },
+            ],
+            now + 4_100,
+            "n_c",
+        )
+        .await
+        .unwrap();
+    assert_eq!(state_of(&store, "j2").await.0, JobState::Completed);
+    assert_eq!(state_of(&store, "j3").await, (JobState::Delayed, 1));
+    // A finished or delayed job is neither renewed nor reclaimed.
+    assert_eq!(
+        store.renew_job_claims("n_c", now + 20_000).await.unwrap(),
+        2
+    );
+    assert_eq!(store.reclaim_jobs(now + 20_001).await.unwrap(), 2);
+    assert_eq!(state_of(&store, "j3").await, (JobState::Delayed, 1));
+    assert_eq!(state_of(&store, "j4").await, (JobState::Waiting, 1));
+}
+
+pub async fn check_lane_pauses(store: Arc<dyn Store>) {
+    assert!(store.paused_lanes().await.unwrap().is_empty());
+    store.set_lane_paused(Priority::Low, true).await.unwrap();
+    store
+        .set_lane_paused(Priority::Critical, true)
+        .await
+        .unwrap();
+    // Pausing twice is one pause.
+    store.set_lane_paused(Priority::Low, true).await.unwrap();
+    assert_eq!(
+        store.paused_lanes().await.unwrap(),
+        [Priority::Critical, Priority::Low]
+    );
+    store.set_lane_paused(Priority::Low, false).await.unwrap();
+    store.set_lane_paused(Priority::High, false).await.unwrap();
+    assert_eq!(store.paused_lanes().await.unwrap(), [Priority::Critical]);
+    store.set_lane_paused(Priority::Low, true).await.unwrap();
+    store
+        .set_lane_paused(Priority::Critical, false)
+        .await
+        .unwrap();
+    assert_eq!(store.paused_lanes().await.unwrap(), [Priority::Low]);
 }

@@ -8,6 +8,7 @@
 //! index, index creation at connect, statistics, error mapping.
 #![allow(clippy::unwrap_used)]
 
+mod cluster;
 mod directory;
 mod harness;
 mod inbox;
@@ -16,6 +17,7 @@ mod mongodb_only;
 
 /// Every check, by name.
 mod checks {
+    pub use crate::cluster::*;
     pub use crate::directory::*;
     pub use crate::inbox::*;
     pub use crate::jobs::*;
@@ -65,6 +67,13 @@ contract!(
     check_queue_tail,
     check_shared_bodies_and_prune,
     check_concurrent_claims,
+    check_fences,
+    check_message_rows_once,
+    check_leased_claims,
+    check_lane_pauses,
+    check_nodes,
+    check_owner_claims,
+    check_concurrent_owner_claims,
 );
 
 #[test]

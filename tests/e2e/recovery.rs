@@ -35,6 +35,8 @@ async fn resend_after_restart_completes_a_half_written_send() {
             kind: RowKind::Message(message.clone()),
             ts: message.ts,
             client_id: Some("c-crash".into()),
+            epoch: 0,
+            into_fence: false,
         }]))
         .await
         .unwrap();
@@ -97,6 +99,8 @@ async fn resend_after_restart_of_a_complete_send_changes_nothing() {
         kind: RowKind::Message(message.clone()),
         ts: message.ts,
         client_id: client.map(Into::into),
+        epoch: 0,
+        into_fence: false,
     };
     let outcomes = store
         .commit_rows(Arc::new(vec![

@@ -126,6 +126,8 @@ async fn a_finished_day_is_cached() {
             ts: message.ts,
             kind: RowKind::Message(message),
             client_id: None,
+            epoch: 0,
+            into_fence: false,
         }
     };
     store

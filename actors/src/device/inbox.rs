@@ -116,7 +116,10 @@ impl DeviceState {
     /// writer, and must tell the session through [`DeviceMsg::Committed`].
     fn append(&mut self, row: InboxRow, done: impl FnOnce(RowResult) + Send + 'static) {
         self.inbox.in_flight += 1;
-        self.env.persistence.append(row, Box::new(done));
+        let incarnation = self.tenure.map(|t| t.incarnation);
+        self.env
+            .persistence
+            .append(row, incarnation, Box::new(done));
     }
 
     /// Assigns the next seq to a row of `kind` and writes it; the session hears of the
@@ -136,6 +139,8 @@ impl DeviceState {
             kind,
             ts,
             client_id,
+            epoch: self.tenure.map_or(0, |t| t.epoch),
+            into_fence: self.tenure.is_some_and(|t| seq <= t.fence_top),
         };
         let me = self.me.clone();
         self.append(row, move |result| {
@@ -147,9 +152,8 @@ impl DeviceState {
     }
 
     /// A row from a sender: accepted in order, or refused. A row delivered again may
-    /// already be here (its first try was written but its answer was lost, e.g. to a
-    /// store outage or a restart of this session): then it is answered as committed
-    /// and not written twice.
+    /// already be here (its first try's answer was lost between nodes): then it is
+    /// answered as committed and not written twice.
     pub(super) async fn accept(&mut self, d: Delivery) {
         if self.inbox.resyncing || !self.inbox.accepts(&d.from_device, &d.order) {
             d.guard.complete(RowOutcome::Rejected);

@@ -159,6 +159,8 @@ pub struct SessionInfo {
     pub messages_out: u64,
     /// Messages delivered into its inbox.
     pub messages_in: u64,
+    /// The node running the session.
+    pub node: String,
 }
 
 /// Messages of a device session.
@@ -257,6 +259,35 @@ pub struct DeviceState {
     /// Tenant-labelled message counters, registered once per session start.
     metrics: SessionMetrics,
     gauge: Arc<SessionGauge>,
+    /// This session's claim on its device, in a cluster.
+    tenure: Option<Tenure>,
+}
+
+/// A session's claim on its device in a cluster (`docs/cluster.md`).
+#[derive(Debug, Clone, Copy)]
+struct Tenure {
+    /// The fencing epoch, written on every row.
+    epoch: u64,
+    /// Seqs up to this one hold this epoch's fence rows (a takeover): rows there
+    /// replace them.
+    fence_top: u64,
+    /// The node's incarnation when the claim was made.
+    incarnation: u64,
+}
+
+/// Why a session could not start.
+#[derive(Debug)]
+enum LoadError {
+    /// The store failed.
+    Store(crate::store::StoreError),
+    /// Another live node owns the device.
+    Elsewhere(String),
+}
+
+impl From<crate::store::StoreError> for LoadError {
+    fn from(e: crate::store::StoreError) -> Self {
+        LoadError::Store(e)
+    }
 }
 
 /// A fresh incarnation number (numbers of a sender's stream restart with it).
@@ -294,13 +325,14 @@ impl Actor for DeviceSession {
             recent_order: VecDeque::new(),
             pending: HashMap::new(),
             next_key: 0,
-            outbox: outbox::Outbox::new(new_epoch()),
+            outbox: outbox::Outbox::new(new_epoch(), env.settings.cluster.send_timeout),
             inbox: inbox::InboxState::default(),
             statuses: receipts::StatusCache::default(),
             idle_since: Instant::now(),
             messages_in: 0,
             messages_out: 0,
             gauge: args.gauge,
+            tenure: None,
             env,
         })
     }
@@ -321,10 +353,19 @@ impl Actor for DeviceSession {
         // A store that cannot be read is not a crash: stop (requests waiting for this
         // session get `unavailable`; the next one starts it again), so a store outage
         // never becomes a restart storm.
-        if let Err(e) = state.load().await {
-            tracing::warn!(device_id = %state.device.id, error = %e, "device session could not load its state; stopping");
-            myself.stop(Some("store unavailable".into()));
-            return Ok(());
+        match state.load().await {
+            Ok(()) => {}
+            Err(LoadError::Store(e)) => {
+                tracing::warn!(device_id = %state.device.id, error = %e, "device session could not load its state; stopping");
+                myself.stop(Some("store unavailable".into()));
+                return Ok(());
+            }
+            // What is in the mailbox is dropped: its senders route it again, there.
+            Err(LoadError::Elsewhere(node)) => {
+                tracing::debug!(device_id = %state.device.id, %node, "device owned by another node");
+                myself.stop(Some("owned elsewhere".into()));
+                return Ok(());
+            }
         }
         let period = (state.env.settings.session_idle / 2).clamp(
             std::time::Duration::from_millis(10),
@@ -343,6 +384,23 @@ impl Actor for DeviceSession {
         let result = self.handle_msg(myself, msg, state).await;
         state.gauge.publish(state);
         result
+    }
+
+    /// In a cluster, gives the device up once every row of it is durable (unless the
+    /// node rejoined since the claim: then the next owner fences).
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<DeviceMsg>,
+        state: &mut DeviceState,
+    ) -> Result<(), ActorProcessingErr> {
+        if let (Some(cluster), Some(t)) = (state.env.cluster.clone(), state.tenure) {
+            state.env.persistence.barrier(&state.device.id).await;
+            cluster
+                .ownership
+                .release(&state.device.id, t.epoch, t.incarnation)
+                .await;
+        }
+        Ok(())
     }
 }
 
@@ -386,6 +444,7 @@ impl DeviceSession {
                     last_seq: state.inbox.durable_seq,
                     messages_out: state.messages_out,
                     messages_in: state.messages_in,
+                    node: state.env.settings.node_id.clone(),
                 });
             }
             DeviceMsg::IdleCheck => {
@@ -426,9 +485,12 @@ impl DeviceState {
     /// Reads what the session needs from the store: the last seq (after the rows a
     /// previous incarnation queued are durable, or a seq would be handed out twice) and
     /// the recent request ids.
-    async fn load(&mut self) -> Result<(), crate::store::StoreError> {
+    async fn load(&mut self) -> Result<(), LoadError> {
         let env = self.env.clone();
         env.persistence.reset(&self.device.id).await;
+        if let Some(cluster) = &env.cluster {
+            self.tenure = Some(self.claim(cluster).await?);
+        }
         let last = env.store.last_seq(&self.device.id).await?;
         self.inbox.start_at(last);
         let window = env.settings.idempotency_window;
@@ -449,6 +511,34 @@ impl DeviceState {
             );
         }
         Ok(())
+    }
+
+    /// Claims the device for this node; a takeover from a node that did not release it
+    /// fences the seqs its last commit could still reach (`docs/cluster.md`).
+    async fn claim(&self, cluster: &crate::cluster::Cluster) -> Result<Tenure, LoadError> {
+        let id = &self.device.id;
+        let incarnation = cluster.membership.incarnation();
+        match cluster.ownership.claim(id).await? {
+            crate::cluster::Claim::Elsewhere(node) => Err(LoadError::Elsewhere(node)),
+            crate::cluster::Claim::Owned { epoch, unclean } => {
+                let mut fence_top = 0;
+                if unclean {
+                    let last = self.env.store.last_seq(id).await?;
+                    let rows = cluster.settings.fence_rows as u64;
+                    self.env
+                        .store
+                        .fence_inbox(id, last + 1, rows, epoch)
+                        .await?;
+                    fence_top = last + rows;
+                    tracing::info!(device_id = %id, epoch, from = last + 1, rows, "inbox fenced after a takeover");
+                }
+                Ok(Tenure {
+                    epoch,
+                    fence_top,
+                    incarnation,
+                })
+            }
+        }
     }
 
     /// Nothing in flight: no pending send, no uncommitted row, no outstanding recipient

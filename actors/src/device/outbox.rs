@@ -13,9 +13,10 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ractor::ActorRef;
+use tokio::sync::oneshot;
 
 use super::DeviceMsg;
 use crate::store::MessageRecord;
@@ -49,6 +50,9 @@ pub enum RowOutcome {
     Dropped,
     /// The recipient device no longer exists: nothing to write.
     Gone,
+    /// Not handled because the recipient's owner could not be reached (another node,
+    /// gone or not yet taken over): delivered again, not counted as a try.
+    Deferred,
 }
 
 /// A recipient row's outcome, for its sender session.
@@ -64,10 +68,18 @@ pub struct RowDone {
     pub outcome: RowOutcome,
 }
 
+/// Where a [`RowGuard`] reports.
+enum Reporter {
+    /// The sender session, on this node.
+    Session(ActorRef<DeviceMsg>),
+    /// A sender on another node: the outcome goes back over the bus.
+    Remote(oneshot::Sender<RowOutcome>),
+}
+
 /// Travels with a recipient row and reports its outcome to the sender exactly once:
 /// explicitly, or [`RowOutcome::Dropped`] when dropped unreported.
 pub struct RowGuard {
-    sender: Option<ActorRef<DeviceMsg>>,
+    sender: Option<Reporter>,
     recipient: Arc<str>,
     n: u64,
     attempt: u32,
@@ -77,11 +89,33 @@ impl RowGuard {
     /// A guard reporting to `sender` for row `n` (try `attempt`) to `recipient`.
     pub fn new(sender: ActorRef<DeviceMsg>, recipient: Arc<str>, n: u64, attempt: u32) -> Self {
         RowGuard {
-            sender: Some(sender),
+            sender: Some(Reporter::Session(sender)),
             recipient,
             n,
             attempt,
         }
+    }
+
+    /// A guard for a row from a sender on another node: the outcome comes out of the
+    /// returned receiver.
+    pub fn remote(
+        recipient: Arc<str>,
+        n: u64,
+        attempt: u32,
+    ) -> (Self, oneshot::Receiver<RowOutcome>) {
+        let (tx, rx) = oneshot::channel();
+        let guard = RowGuard {
+            sender: Some(Reporter::Remote(tx)),
+            recipient,
+            n,
+            attempt,
+        };
+        (guard, rx)
+    }
+
+    /// The row's number in its sender's stream.
+    pub fn n(&self) -> u64 {
+        self.n
     }
 
     /// Which try of the row this is (a later try may find the row already written).
@@ -95,13 +129,19 @@ impl RowGuard {
     }
 
     fn report(&mut self, outcome: RowOutcome) {
-        if let Some(sender) = self.sender.take() {
-            let _ = sender.cast(DeviceMsg::RowDone(RowDone {
-                recipient: self.recipient.clone(),
-                n: self.n,
-                attempt: self.attempt,
-                outcome,
-            }));
+        match self.sender.take() {
+            Some(Reporter::Session(sender)) => {
+                let _ = sender.cast(DeviceMsg::RowDone(RowDone {
+                    recipient: self.recipient.clone(),
+                    n: self.n,
+                    attempt: self.attempt,
+                    outcome,
+                }));
+            }
+            Some(Reporter::Remote(tx)) => {
+                let _ = tx.send(outcome);
+            }
+            None => {}
         }
     }
 }
@@ -137,7 +177,11 @@ struct OutRow {
     key: u64,
     message: Arc<MessageRecord>,
     state: RowState,
+    /// Identifies the current try (reports of older tries are ignored).
     attempt: u32,
+    /// Tries that counted against [`MAX_ATTEMPTS`] (deferrals do not).
+    tries: u32,
+    since: Instant,
 }
 
 #[derive(Debug, Default)]
@@ -188,15 +232,18 @@ pub struct Outbox {
     epoch: u64,
     next_n: u64,
     pairs: HashMap<Arc<str>, Pair>,
+    give_up_after: Duration,
 }
 
 impl Outbox {
-    /// An empty outbox for a session incarnation.
-    pub fn new(epoch: u64) -> Self {
+    /// An empty outbox for a session incarnation; a row not durable `give_up_after` it
+    /// was queued is given up at its next failure.
+    pub fn new(epoch: u64, give_up_after: Duration) -> Self {
         Outbox {
             epoch,
             next_n: 1,
             pairs: HashMap::new(),
+            give_up_after,
         }
     }
 
@@ -248,6 +295,8 @@ impl Outbox {
                 RowState::InFlight
             },
             attempt: 1,
+            tries: 0,
+            since: Instant::now(),
         });
         (!held).then_some(Dispatch {
             order: PairOrder {
@@ -284,8 +333,15 @@ impl Outbox {
                     ok: true,
                 })
             }
-            RowOutcome::Rejected | RowOutcome::Failed | RowOutcome::Dropped => {
-                if pair.rows[i].attempt >= MAX_ATTEMPTS {
+            RowOutcome::Rejected
+            | RowOutcome::Failed
+            | RowOutcome::Dropped
+            | RowOutcome::Deferred => {
+                let row = &mut pair.rows[i];
+                if report.outcome != RowOutcome::Deferred {
+                    row.tries += 1;
+                }
+                if row.tries >= MAX_ATTEMPTS || row.since.elapsed() >= self.give_up_after {
                     let row = pair.rows.remove(i);
                     row.map_or(Settled::Nothing, |r| Settled::Row {
                         key: r.key,
@@ -380,7 +436,7 @@ mod tests {
 
     #[test]
     fn pipelined_rows_follow_each_other() {
-        let mut o = Outbox::new(7);
+        let mut o = Outbox::new(7, Duration::from_secs(3600));
         let r: Arc<str> = "r".into();
         let a = o.push(&r, 1, msg("a")).unwrap();
         let b = o.push(&r, 2, msg("b")).unwrap();
@@ -402,7 +458,7 @@ mod tests {
 
     #[test]
     fn a_lost_row_is_resent_before_the_rows_after_it() {
-        let mut o = Outbox::new(1);
+        let mut o = Outbox::new(1, Duration::from_secs(3600));
         let r: Arc<str> = "r".into();
         let a = o.push(&r, 1, msg("a")).unwrap();
         let b = o.push(&r, 2, msg("b")).unwrap();
@@ -438,7 +494,7 @@ mod tests {
 
     #[test]
     fn a_row_is_given_up_after_the_last_try_and_gone_counts_as_written() {
-        let mut o = Outbox::new(1);
+        let mut o = Outbox::new(1, Duration::from_secs(3600));
         let r: Arc<str> = "r".into();
         let mut d = o.push(&r, 9, msg("a")).unwrap();
         for _ in 1..MAX_ATTEMPTS {
@@ -459,8 +515,31 @@ mod tests {
     }
 
     #[test]
+    fn deferrals_do_not_count_as_tries_but_the_deadline_does() {
+        let mut o = Outbox::new(1, Duration::from_secs(3600));
+        let r: Arc<str> = "r".into();
+        let mut d = o.push(&r, 1, msg("a")).unwrap();
+        for _ in 0..(MAX_ATTEMPTS * 3) {
+            let (settled, resend) = o.done(&report(&r, &d, RowOutcome::Deferred));
+            assert_eq!((settled, resend), (Settled::Nothing, true));
+            d = o.resend(&r).pop().unwrap();
+        }
+        assert_eq!(
+            o.done(&report(&r, &d, RowOutcome::Committed)).0,
+            Settled::Row { key: 1, ok: true }
+        );
+        // Past its deadline, a row is given up at its next failure, deferred or not.
+        let mut o = Outbox::new(1, Duration::ZERO);
+        let d = o.push(&r, 2, msg("b")).unwrap();
+        assert_eq!(
+            o.done(&report(&r, &d, RowOutcome::Deferred)).0,
+            Settled::Row { key: 2, ok: false }
+        );
+    }
+
+    #[test]
     fn an_adopted_row_settles_the_send_that_took_it_over() {
-        let mut o = Outbox::new(1);
+        let mut o = Outbox::new(1, Duration::from_secs(3600));
         let r: Arc<str> = "r".into();
         let d = o.push(&r, 1, msg("a")).unwrap();
         assert!(!o.adopt(&r, "other", 2));

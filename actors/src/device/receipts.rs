@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use protocol::ReceiptStatus;
+use tokio::sync::oneshot;
 
 use super::inbox::CommittedRow;
 use super::{advances, DeviceMsg, DeviceState};
@@ -50,32 +51,70 @@ pub struct ReceiptBatch {
 impl ReceiptBatch {
     /// A first delivery of `notes` to `device_id`'s session.
     pub fn new(env: &Arc<Env>, device_id: &str, notes: Vec<ReceiptNote>) -> Self {
+        let guard = Arc::new(ReceiptGuard::redelivering(
+            env.clone(),
+            device_id.to_owned(),
+            notes.clone(),
+            1,
+        ));
+        ReceiptBatch { notes, guard }
+    }
+
+    /// A batch from a reader on another node: whether it was stored comes out of the
+    /// returned receiver (its sender delivers it again if not).
+    pub fn answering(notes: Vec<ReceiptNote>) -> (Self, oneshot::Receiver<bool>) {
+        let (tx, rx) = oneshot::channel();
         let guard = Arc::new(ReceiptGuard {
-            env: env.clone(),
-            device_id: device_id.to_owned(),
-            notes: notes.clone(),
-            attempt: 1,
             settled: AtomicBool::new(false),
             failed: AtomicBool::new(false),
+            then: Then::Answer(Some(tx)),
         });
-        ReceiptBatch { notes, guard }
+        (ReceiptBatch { notes, guard }, rx)
     }
 }
 
+/// What a [`ReceiptGuard`] does when its last holder drops it.
+enum Then {
+    /// Unsettled: deliver the batch again (a few times, with backoff).
+    Redeliver {
+        env: Arc<Env>,
+        device_id: String,
+        notes: Vec<ReceiptNote>,
+        attempt: u32,
+    },
+    /// Tell the caller on another node whether the batch was stored.
+    Answer(Option<oneshot::Sender<bool>>),
+}
+
 /// Delivers a receipt batch again when its last holder drops it unsettled (never
-/// handled, or a status commit failed).
+/// handled, or a status commit failed), or answers whether it was stored.
 pub struct ReceiptGuard {
-    env: Arc<Env>,
-    device_id: String,
-    notes: Vec<ReceiptNote>,
-    attempt: u32,
     settled: AtomicBool,
     failed: AtomicBool,
+    then: Then,
 }
 
 impl ReceiptGuard {
-    /// The session handled the batch (its status rows are queued).
-    fn settle(&self) {
+    fn redelivering(
+        env: Arc<Env>,
+        device_id: String,
+        notes: Vec<ReceiptNote>,
+        attempt: u32,
+    ) -> Self {
+        ReceiptGuard {
+            settled: AtomicBool::new(false),
+            failed: AtomicBool::new(false),
+            then: Then::Redeliver {
+                env,
+                device_id,
+                notes,
+                attempt,
+            },
+        }
+    }
+
+    /// The batch was handled (its status rows are queued, or another node stored it).
+    pub fn settle(&self) {
         self.settled.store(true, Ordering::Release);
     }
 
@@ -87,40 +126,58 @@ impl ReceiptGuard {
 
 impl std::fmt::Debug for ReceiptGuard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ReceiptGuard")
-            .field("device_id", &self.device_id)
-            .field("attempt", &self.attempt)
-            .finish()
+        let mut d = f.debug_struct("ReceiptGuard");
+        if let Then::Redeliver {
+            device_id, attempt, ..
+        } = &self.then
+        {
+            d.field("device_id", device_id).field("attempt", attempt);
+        }
+        d.finish()
     }
 }
 
 impl Drop for ReceiptGuard {
     fn drop(&mut self) {
         let lost = !self.settled.load(Ordering::Acquire) || self.failed.load(Ordering::Acquire);
+        let (env, device_id, notes, attempt) = match &mut self.then {
+            Then::Answer(tx) => {
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(!lost);
+                }
+                return;
+            }
+            Then::Redeliver {
+                env,
+                device_id,
+                notes,
+                attempt,
+            } => (
+                env.clone(),
+                std::mem::take(device_id),
+                std::mem::take(notes),
+                *attempt,
+            ),
+        };
         if !lost {
             return;
         }
-        if self.attempt >= MAX_DELIVERIES {
-            tracing::warn!(device_id = %self.device_id, receipts = self.notes.len(), "receipts given up");
+        if attempt >= MAX_DELIVERIES {
+            tracing::warn!(%device_id, receipts = notes.len(), "receipts given up");
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let env = self.env.clone();
-        let device_id = std::mem::take(&mut self.device_id);
-        let notes = std::mem::take(&mut self.notes);
-        let attempt = self.attempt + 1;
+        let attempt = attempt + 1;
         runtime.spawn(async move {
             tokio::time::sleep(Duration::from_millis(10u64 << attempt)).await;
-            let guard = Arc::new(ReceiptGuard {
-                env: env.clone(),
-                device_id: device_id.clone(),
-                notes: notes.clone(),
+            let guard = Arc::new(ReceiptGuard::redelivering(
+                env.clone(),
+                device_id.clone(),
+                notes.clone(),
                 attempt,
-                settled: AtomicBool::new(false),
-                failed: AtomicBool::new(false),
-            });
+            ));
             let batch = DeviceMsg::Receipts(ReceiptBatch { notes, guard });
             // On failure the batch (with its guard) is dropped: that schedules the next try.
             if let Err(e) = env.directory.deliver(&device_id, batch).await {

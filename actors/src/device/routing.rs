@@ -89,7 +89,8 @@ pub async fn typing(
     .into();
     for id in recipients(env, sender, target).await? {
         env.directory
-            .deliver_if_running(&id, DeviceMsg::Push(frame.clone()));
+            .cast_if_running(&id, DeviceMsg::Push(frame.clone()))
+            .await;
     }
     Ok(())
 }

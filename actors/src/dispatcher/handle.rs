@@ -78,6 +78,19 @@ impl DispatcherHandle {
         was
     }
 
+    /// Takes the paused lanes as the store has them (another node, or a restart).
+    pub fn set_paused(&self, paused: &[Priority]) {
+        let mut resumed = false;
+        for lane in Priority::ALL {
+            let now = paused.contains(&lane);
+            let was = self.paused[lane.index()].swap(now, Ordering::SeqCst);
+            resumed |= was && !now;
+        }
+        if resumed {
+            self.wake();
+        }
+    }
+
     /// Whether the dispatcher is running.
     pub fn alive(&self) -> bool {
         self.current().is_some_and(|d| crate::root::alive(&d))

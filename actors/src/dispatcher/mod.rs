@@ -44,7 +44,7 @@ pub use handle::{DispatcherHandle, LaneLive};
 
 use crate::clock::now_ms;
 use crate::jobs::{JobBody, JobKind, JobUpdate};
-use crate::store::StoreError;
+use crate::store::{JobClaim, StoreError};
 use crate::Env;
 
 /// Most jobs claimed per poll.
@@ -61,6 +61,8 @@ pub const CONTACT_BATCH: usize = 10_000;
 pub const RATE_WINDOW_SECS: usize = 5;
 /// Shared bodies kept in memory.
 const BODY_CACHE: usize = 64;
+/// How often a cluster node reads the paused lanes again.
+const LANES_EVERY: Duration = Duration::from_secs(1);
 /// Finished jobs deleted per prune call.
 const PRUNE_BATCH: usize = 10_000;
 
@@ -105,6 +107,8 @@ pub struct DispatcherState {
     /// Recently read shared bodies, by id, with when each was last used.
     bodies: HashMap<String, (Arc<str>, Instant)>,
     last_prune: Instant,
+    /// When the paused lanes were last read from the store (cluster only).
+    last_lanes: Instant,
     /// Whether the last store call failed (logged once per outage).
     store_down: bool,
 }
@@ -121,11 +125,22 @@ impl Actor for Dispatcher {
         env: Arc<Env>,
     ) -> Result<DispatcherState, ActorProcessingErr> {
         // Jobs active in a previous incarnation go back to the queue; if the store is
-        // down now, they do on a later start (a job is never lost, only late).
-        match env.store.requeue_active_jobs().await {
+        // down now, they do on a later start (a job is never lost, only late). In a
+        // cluster only this node's: another node's claims are its own until their lease
+        // runs out.
+        let requeued = match &env.cluster {
+            Some(_) => env.store.release_job_claims(&env.settings.node_id).await,
+            None => env.store.requeue_active_jobs().await,
+        };
+        match requeued {
             Ok(0) => {}
             Ok(requeued) => tracing::info!(requeued, "dispatcher: active jobs back in the queue"),
             Err(e) => tracing::warn!(error = %e, "dispatcher: could not requeue active jobs"),
+        }
+        // Lanes paused by an operator stay paused across restarts, and for every node.
+        match env.store.paused_lanes().await {
+            Ok(paused) => env.dispatcher.set_paused(&paused),
+            Err(e) => tracing::warn!(error = %e, "dispatcher: could not read paused lanes"),
         }
         env.dispatcher.reset_active();
         *env.dispatcher.slot() = Some(myself.clone());
@@ -141,6 +156,7 @@ impl Actor for Dispatcher {
             pacing: HashMap::new(),
             bodies: HashMap::new(),
             last_prune: Instant::now(),
+            last_lanes: Instant::now(),
             store_down: false,
         })
     }
@@ -278,7 +294,11 @@ impl DispatcherState {
             let retried = updates
                 .iter()
                 .any(|u| matches!(u, JobUpdate::Delayed { .. }));
-            let written = self.env.store.finish_jobs(updates.clone(), now_ms()).await;
+            let written = self
+                .env
+                .store
+                .finish_jobs(updates.clone(), now_ms(), &self.env.settings.node_id)
+                .await;
             if self.store_ok("finish", written).is_none() {
                 // Kept, and written with the next flush: an outcome is never dropped.
                 self.updates = updates;
@@ -319,6 +339,22 @@ impl DispatcherState {
     }
 
     async fn poll(&mut self, myself: &ActorRef<DispatcherMsg>) {
+        if self
+            .env
+            .stats
+            .draining
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            // A draining node claims nothing more; its claims go back at the end.
+            return;
+        }
+        if self.env.cluster.is_some() && self.last_lanes.elapsed() >= LANES_EVERY {
+            // Another node may have paused or resumed a lane.
+            self.last_lanes = Instant::now();
+            if let Ok(paused) = self.env.store.paused_lanes().await {
+                self.env.dispatcher.set_paused(&paused);
+            }
+        }
         let now = now_ms();
         let promoted = self.env.store.promote_due_jobs(now).await;
         match self.store_ok("promote", promoted) {
@@ -342,7 +378,13 @@ impl DispatcherState {
             return;
         }
         let limit = free.min(CLAIM_BATCH);
-        let claimed = self.env.store.claim_jobs(now, limit, &paused).await;
+        let claim = JobClaim {
+            owner: self.env.settings.node_id.clone(),
+            lease_until: now.saturating_add(
+                i64::try_from(self.env.settings.job_lease.as_millis()).unwrap_or(i64::MAX),
+            ),
+        };
+        let claimed = self.env.store.claim_jobs(now, limit, &paused, &claim).await;
         let Some(jobs) = self.store_ok("claim", claimed) else {
             return;
         };

@@ -122,11 +122,15 @@ pub trait Store: Send + Sync + 'static {
 
     /// Writes inbox rows (group commit) and the messages their message rows point at.
     /// Answers one result per row, in order: a row whose seq already holds the same
-    /// content is `Ok` (an idempotent retry), another content is `Conflict`; once a row
-    /// of an inbox fails, that inbox's later rows in the call are `Aborted`, so an inbox
-    /// never has a gap. `Err` when nothing could be written.
+    /// content is `Ok` (an idempotent retry), another content is `Conflict`; a message
+    /// row for a message the inbox already holds at another seq is `Conflict`; a row
+    /// [`InboxRow::into_fence`] replaces the fence of its epoch at its seq, and is
+    /// `Conflict` if the slot holds anything else. Once a row of an inbox fails, that
+    /// inbox's later rows in the call are `Aborted`, so an inbox never has a gap. `Err`
+    /// when nothing could be written.
     async fn commit_rows(&self, rows: Arc<Vec<InboxRow>>) -> StoreResult<Vec<RowResult>>;
-    /// Highest seq in a device's inbox (0 when empty).
+    /// Highest seq in a device's inbox (0 when empty); fence rows are not counted, nor
+    /// read by any other call.
     async fn last_seq(&self, device_id: &str) -> StoreResult<u64>;
     /// Inbox rows with `seq > after_seq`, in seq order, at most `limit`; message rows
     /// carry their message.
@@ -184,21 +188,38 @@ pub trait Store: Send + Sync + 'static {
     /// The highest rank among a tenant's `waiting` jobs of a lane: new jobs of that
     /// tenant queue behind it (fairness across tenants, see [`crate::jobs::FairRanker`]).
     async fn queue_tail(&self, tenant_id: &str, lane: Priority) -> StoreResult<Option<i64>>;
-    /// On dispatcher start: every `active` job back to `waiting`; returns how many.
+    /// On dispatcher start on one node: every `active` job back to `waiting`; returns
+    /// how many. (A cluster node requeues only claims whose lease ran out:
+    /// [`Store::reclaim_jobs`].)
     async fn requeue_active_jobs(&self) -> StoreResult<u64>;
     /// `delayed` jobs whose `not_before` has come → `waiting`; returns how many.
     async fn promote_due_jobs(&self, now: i64) -> StoreResult<u64>;
-    /// Claims up to `limit` `waiting` jobs, lowest rank first, moving them to `active`;
-    /// jobs of the `paused` lanes are skipped (they stay `waiting`).
+    /// Claims up to `limit` `waiting` jobs, lowest rank first, moving them to `active`
+    /// under `claim` (the claiming node and its lease); jobs of the `paused` lanes are
+    /// skipped (they stay `waiting`).
     async fn claim_jobs(
         &self,
         now: i64,
         limit: usize,
         paused: &[Priority],
+        claim: &JobClaim,
     ) -> StoreResult<Vec<JobRecord>>;
-    /// Applies outcomes of active jobs in one transaction (jobs no longer active are
-    /// left alone).
-    async fn finish_jobs(&self, updates: Vec<JobUpdate>, now: i64) -> StoreResult<()>;
+    /// Applies outcomes of jobs active under `owner`'s claim, in one transaction (jobs
+    /// no longer active, or claimed by another node since, are left alone).
+    async fn finish_jobs(&self, updates: Vec<JobUpdate>, now: i64, owner: &str) -> StoreResult<()>;
+    /// Extends the lease of every job active under `owner`'s claim; returns how many.
+    async fn renew_job_claims(&self, owner: &str, lease_until: i64) -> StoreResult<u64>;
+    /// Active jobs whose claim's lease ran out before `now` (their node died) →
+    /// `waiting`; returns how many.
+    async fn reclaim_jobs(&self, now: i64) -> StoreResult<u64>;
+    /// Every job active under `owner`'s claim → `waiting` (the node drains); returns
+    /// how many.
+    async fn release_job_claims(&self, owner: &str) -> StoreResult<u64>;
+    /// Pauses or resumes a lane for every node: [`Store::claim_jobs`] callers pass the
+    /// paused lanes.
+    async fn set_lane_paused(&self, lane: Priority, paused: bool) -> StoreResult<()>;
+    /// The paused lanes, critical first.
+    async fn paused_lanes(&self) -> StoreResult<Vec<Priority>>;
     /// Records progress of an active job.
     async fn set_job_progress(&self, id: &str, done: u64, now: i64) -> StoreResult<()>;
     /// `waiting` / `delayed` → `cancelled`; false if the job was in another state.
@@ -214,4 +235,68 @@ pub trait Store: Send + Sync + 'static {
     /// Queue depth of every lane (critical first): its `waiting` plus `delayed` jobs.
     /// Cheap enough to run every second.
     async fn lane_depths(&self) -> StoreResult<[u64; 4]>;
+
+    // ---- a cluster's nodes and device ownership (`docs/cluster.md`) ----
+
+    /// Registers a node, or replaces its record.
+    async fn put_node(&self, node: NodeRecord) -> StoreResult<()>;
+    /// Renews a registered node's lease and figures; false when it is not registered
+    /// (it was removed).
+    async fn renew_node(&self, id: &str, lease_until: i64, load: NodeLoad) -> StoreResult<bool>;
+    /// Every registered node, by id.
+    async fn list_nodes(&self) -> StoreResult<Vec<NodeRecord>>;
+    /// Deregisters a node (nothing if it is not registered).
+    async fn remove_node(&self, id: &str) -> StoreResult<()>;
+    /// Who owns (or last owned) a device's session.
+    async fn get_owner(&self, device_id: &str) -> StoreResult<Option<OwnerRecord>>;
+    /// Takes a device for `node`, compare-and-set: only if its record is still at epoch
+    /// `seen` (`None`: there is no record yet). The new record has the next epoch and
+    /// `clean` false. `None` when another claim changed the record first.
+    async fn claim_owner(
+        &self,
+        device_id: &str,
+        node: &str,
+        seen: Option<u64>,
+        now: i64,
+    ) -> StoreResult<Option<OwnerRecord>>;
+    /// Marks a device released (`clean`) if `node` still owns it at `epoch`; false
+    /// otherwise.
+    async fn release_owner(
+        &self,
+        device_id: &str,
+        node: &str,
+        epoch: u64,
+        now: i64,
+    ) -> StoreResult<bool>;
+    /// Fences seqs `from ..= from + count - 1` of an inbox for `epoch`: a fence row of
+    /// `epoch` in every empty slot, and every row of a lower epoch there (a stale
+    /// owner's, or an older fence) turned into one. Rows of `epoch` or a higher one are
+    /// left alone.
+    async fn fence_inbox(
+        &self,
+        device_id: &str,
+        from: u64,
+        count: u64,
+        epoch: u64,
+    ) -> StoreResult<()>;
+}
+
+/// The claim under which a node runs the jobs it takes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobClaim {
+    /// The claiming node.
+    pub owner: String,
+    /// The claim holds until then (Unix ms) unless renewed.
+    pub lease_until: i64,
+}
+
+/// A node's figures, written with its lease.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NodeLoad {
+    /// Open WebSocket connections.
+    pub connections: u64,
+    /// Running device sessions.
+    pub sessions: u64,
+    /// Whether it is draining.
+    pub draining: bool,
 }

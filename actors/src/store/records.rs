@@ -117,6 +117,12 @@ pub struct InboxRow {
     pub ts: i64,
     /// The sender's request id, on the sender's own copy only.
     pub client_id: Option<String>,
+    /// Fencing epoch of the session that wrote it (its ownership of the device; 0 on
+    /// one node). See `docs/cluster.md`.
+    pub epoch: u64,
+    /// The slot holds this epoch's fence row: the row replaces it (a write right after a
+    /// takeover, see [`super::Store::fence_inbox`]).
+    pub into_fence: bool,
 }
 
 /// A previously accepted send, found by its client request id.
@@ -174,4 +180,38 @@ pub struct DayStats {
     pub failed: u64,
     /// Its jobs created that day (queued sends and syncs).
     pub queued: u64,
+}
+
+/// A node of a cluster as registered in the store (`docs/cluster.md`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    /// Node id (`n_<ulid>`, new at every process start).
+    pub id: String,
+    /// Where its HTTP API listens (for operators).
+    pub addr: String,
+    /// When it started (Unix ms).
+    pub started_at: i64,
+    /// Alive until then (Unix ms, its own clock); renewed every heartbeat.
+    pub lease_until: i64,
+    /// Draining: it takes no new connections and gives its devices up.
+    pub draining: bool,
+    /// Its open WebSocket connections, at its last heartbeat.
+    pub connections: u64,
+    /// Device sessions it runs, at its last heartbeat.
+    pub sessions: u64,
+}
+
+/// Which node owns a device's session, and the fencing epoch of that ownership.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnerRecord {
+    /// The device.
+    pub device_id: String,
+    /// The owning (or last owning) node.
+    pub node: String,
+    /// Bumped by every claim; written on every inbox row of that ownership.
+    pub epoch: u64,
+    /// Released by its node after its last row was durable: a takeover needs no fence.
+    pub clean: bool,
+    /// When it was claimed or released (Unix ms).
+    pub since: i64,
 }

@@ -2,11 +2,21 @@
 //!
 //! A message is one document of `messages` (`_id` = message id, the body a string,
 //! byte-exact), whatever its fan-out. An inbox row is one small document of `inbox`:
-//! `device_id`, `seq`, `kind` (0 a message, 1 delivered, 2 read), `message_id`, `by`
-//! (the reporting address, status rows), `ts`, `client_id` (the sender's own copy only,
-//! absent otherwise) and `chat`, the other party (the peer's address for 1:1, the
-//! group id for groups, the reporting address for statuses), which the replaced
-//! system's `deviceId+chatId+timestamp` index is on. `(device_id, seq)` is unique.
+//! `device_id`, `seq`, `kind` (0 a message, 1 delivered, 2 read, -1 a fence),
+//! `message_id`, `by` (the reporting address, status rows), `ts`, `client_id` (the
+//! sender's own copy only, absent otherwise), `chat`, the other party (the peer's
+//! address for 1:1, the group id for groups, the reporting address for statuses),
+//! which the replaced system's `deviceId+chatId+timestamp` index is on, `epoch`, the
+//! fencing epoch of the session that wrote it, and on message rows only
+//! `message_key`, the message id again. `(device_id, seq)` is unique, and so is
+//! `(device_id, message_key)` over message rows (`inbox_message_once`): an inbox holds
+//! a message once. That key is its own field, absent from status rows and fences,
+//! because not every server honours a partial filter: nx-27017 makes the index unique
+//! over every row, and only a missing key (null, which its unique indexes let repeat)
+//! keeps statuses and fences, which share message ids, out of it. Rows written before
+//! `message_key` existed are not covered.
+//!
+//! Fence rows (`fence.rs`) are never read: every read asks for kinds >= 0 or one kind.
 //!
 //! Group commit without a transaction: the messages go first (`insert_many`,
 //! unordered; a duplicate id is a message already stored), then the rows (the same);
@@ -28,6 +38,7 @@ use mongodb::error::{ErrorKind, IndexedWriteError};
 use protocol::ReceiptStatus;
 use serde::{Deserialize, Serialize};
 
+use super::fence;
 use super::stats::KnownQuery;
 use super::{coll, find_all, limit_i64, map_err, to_i64, to_u64, Inner, CHUNK, DUPLICATE_KEY};
 
@@ -51,19 +62,54 @@ struct MessageDoc {
 
 /// An inbox row as written.
 #[derive(Debug, Serialize)]
-struct RowDoc<'a> {
+pub(super) struct RowDoc<'a> {
     #[serde(rename = "_id")]
-    id: ObjectId,
-    device_id: &'a str,
-    seq: i64,
-    kind: i64,
-    message_id: &'a str,
+    pub(super) id: ObjectId,
+    pub(super) device_id: &'a str,
+    pub(super) seq: i64,
+    pub(super) kind: i64,
+    pub(super) message_id: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    by: Option<&'a str>,
-    ts: i64,
+    pub(super) by: Option<&'a str>,
+    pub(super) ts: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
-    client_id: Option<&'a str>,
-    chat: &'a str,
+    pub(super) client_id: Option<&'a str>,
+    pub(super) chat: &'a str,
+    pub(super) epoch: i64,
+    /// The message id on message rows only: the key of `inbox_message_once`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) message_key: Option<&'a str>,
+}
+
+impl<'a> RowDoc<'a> {
+    /// The document of a row, under a fresh `_id`.
+    pub(super) fn of(row: &'a InboxRow) -> StoreResult<Self> {
+        Ok(RowDoc {
+            id: ObjectId::new(),
+            device_id: &row.device_id,
+            seq: to_i64(row.seq, "seq")?,
+            kind: kind_code(&row.kind),
+            message_id: row.kind.message_id(),
+            by: match &row.kind {
+                RowKind::Status(st) => Some(&st.by),
+                RowKind::Message(_) => None,
+            },
+            ts: row.ts,
+            client_id: row.client_id.as_deref(),
+            chat: chat_of(row),
+            epoch: to_i64(row.epoch, "epoch")?,
+            message_key: match &row.kind {
+                RowKind::Message(m) => Some(&m.id),
+                RowKind::Status(_) => None,
+            },
+        })
+    }
+
+    /// Whether a stored row's content (kind, message id, by) is this row's: a retry.
+    pub(super) fn same_as(&self, stored: &(i64, String, Option<String>)) -> bool {
+        let (kind, message_id, by) = stored;
+        *kind == self.kind && message_id == self.message_id && by.as_deref() == self.by
+    }
 }
 
 /// An inbox row as read back.
@@ -78,6 +124,9 @@ struct RowRead {
     ts: i64,
     #[serde(default)]
     client_id: Option<String>,
+    /// Absent on rows written before epochs existed: 0, one node's.
+    #[serde(default)]
+    epoch: i64,
 }
 
 /// A copy or a request id as read back (projections).
@@ -176,22 +225,29 @@ fn message_record(d: MessageDoc) -> Arc<MessageRecord> {
 
 // ---- the queries ----
 
-/// Highest seq of an inbox.
+/// Highest seq of an inbox, fences left out: a walk down `inbox_seq` that stops at
+/// the first row that is not a fence.
 pub(super) fn last_seq_query(device_id: &str) -> KnownQuery {
-    KnownQuery::new("last_seq", coll::INBOX, doc! { "device_id": device_id })
-        .sort(doc! { "seq": -1 })
-        .index("inbox_seq")
+    KnownQuery::new(
+        "last_seq",
+        coll::INBOX,
+        doc! { "device_id": device_id, "kind": { "$gte": 0_i64 } },
+    )
+    .sort(doc! { "seq": -1 })
+    .index("inbox_seq")
+    .residual(&["kind"])
 }
 
-/// A page of an inbox.
+/// A page of an inbox, fences left out.
 pub(super) fn read_inbox_query(device_id: &str, after: i64) -> KnownQuery {
     KnownQuery::new(
         "read_inbox",
         coll::INBOX,
-        doc! { "device_id": device_id, "seq": { "$gt": after } },
+        doc! { "device_id": device_id, "seq": { "$gt": after }, "kind": { "$gte": 0_i64 } },
     )
     .sort(doc! { "seq": 1 })
     .index("inbox_seq")
+    .residual(&["kind"])
 }
 
 /// Messages by id (joining rows to their messages).
@@ -199,7 +255,8 @@ pub(super) fn messages_query(operation: &'static str, ids: &[&str]) -> KnownQuer
     KnownQuery::new(operation, coll::MESSAGES, doc! { "_id": { "$in": ids } }).index("_id_")
 }
 
-/// Rows already at some seqs of one inbox (checking a duplicate seq's content).
+/// Rows already at some seqs of one inbox (checking a duplicate seq's content; fences
+/// included).
 pub(super) fn rows_at_query(device_id: &str, seqs: &[i64]) -> KnownQuery {
     KnownQuery::new(
         "commit_rows",
@@ -333,7 +390,12 @@ fn write_errors(
 }
 
 fn row_error(w: &IndexedWriteError) -> StoreError {
-    StoreError::Unavailable(format!("MongoDB write error {}: {}", w.code, w.message))
+    row_error_of(w.code, &w.message)
+}
+
+/// A server's refusal of one row (not a duplicate key): the row may be written later.
+pub(super) fn row_error_of(code: i32, message: &str) -> StoreError {
+    StoreError::Unavailable(format!("MongoDB write error {code}: {message}"))
 }
 
 /// Writes rows with one outcome per row (see `Store::commit_rows`).
@@ -367,41 +429,61 @@ pub(super) async fn commit_rows(s: &Inner, rows: &[InboxRow]) -> StoreResult<Vec
         }
     }
 
-    // 2. The rows, but none after a failed row of its inbox (by position in the call).
+    // 2. Which rows cannot be written: those whose message failed. No row of an inbox
+    // is written after a failed one (by position in the call).
     let mut out: Vec<Option<RowResult>> = vec![None; rows.len()];
     let mut first_failure: HashMap<&str, usize> = HashMap::new();
-    let mut batch: Vec<(usize, ObjectId)> = Vec::with_capacity(rows.len());
-    let mut docs: Vec<RowDoc<'_>> = Vec::with_capacity(rows.len());
     let mut failed_early: Vec<usize> = Vec::new();
+    let failed_before = |first: &HashMap<&str, usize>, i: usize| {
+        first.get(&*rows[i].device_id).is_some_and(|&f| f < i)
+    };
     for (i, row) in rows.iter().enumerate() {
-        if first_failure.contains_key(&*row.device_id) {
-            out[i] = Some(Err(StoreError::Aborted));
-            continue;
-        }
         if let RowKind::Message(m) = &row.kind {
             if let Some(e) = failed_messages.get(&*m.id) {
                 out[i] = Some(Err(e.clone()));
-                first_failure.insert(&row.device_id, i);
+                let at = first_failure.entry(&row.device_id).or_insert(i);
+                *at = (*at).min(i);
                 failed_early.push(i);
-                continue;
             }
         }
-        let id = ObjectId::new();
-        docs.push(RowDoc {
-            id,
-            device_id: &row.device_id,
-            seq: to_i64(row.seq, "seq")?,
-            kind: kind_code(&row.kind),
-            message_id: row.kind.message_id(),
-            by: match &row.kind {
-                RowKind::Status(st) => Some(&st.by),
-                RowKind::Message(_) => None,
-            },
-            ts: row.ts,
-            client_id: row.client_id.as_deref(),
-            chat: chat_of(row),
-        });
-        batch.push((i, id));
+    }
+
+    // 3. Rows into fences first, one conditional replace each, in seq order per inbox
+    // (rare: the first rows after a takeover).
+    let mut fenced: Vec<usize> = (0..rows.len())
+        .filter(|&i| rows[i].into_fence && out[i].is_none())
+        .collect();
+    fenced.sort_by(|&x, &y| {
+        (&*rows[x].device_id, rows[x].seq).cmp(&(&*rows[y].device_id, rows[y].seq))
+    });
+    for i in fenced {
+        if failed_before(&first_failure, i) {
+            out[i] = Some(Err(StoreError::Aborted));
+            continue;
+        }
+        let outcome = fence::write_into_fence(s, &RowDoc::of(&rows[i])?).await?;
+        if outcome.is_err() {
+            let at = first_failure.entry(&rows[i].device_id).or_insert(i);
+            *at = (*at).min(i);
+            failed_early.push(i);
+        }
+        out[i] = Some(outcome);
+    }
+
+    // 4. The other rows, inserted in one unordered batch.
+    let mut batch: Vec<(usize, ObjectId)> = Vec::with_capacity(rows.len());
+    let mut docs: Vec<RowDoc<'_>> = Vec::with_capacity(rows.len());
+    for (i, row) in rows.iter().enumerate() {
+        if out[i].is_some() || row.into_fence {
+            continue;
+        }
+        if failed_before(&first_failure, i) {
+            out[i] = Some(Err(StoreError::Aborted));
+            continue;
+        }
+        let doc = RowDoc::of(row)?;
+        batch.push((i, doc.id));
+        docs.push(doc);
     }
     // Each inbox's rows in seq order: a server that applies the batch in order (a
     // single mongod does) lets a concurrent reader see a prefix of each inbox.
@@ -421,7 +503,7 @@ pub(super) async fn commit_rows(s: &Inner, rows: &[InboxRow]) -> StoreResult<Vec
         errors = write_errors(result)?;
     }
 
-    // 3. A taken seq holding the same content is an idempotent retry.
+    // 5. A taken seq holding the same content is an idempotent retry.
     let mut taken: HashMap<&str, Vec<i64>> = HashMap::new();
     for (b, w) in &errors {
         if w.code == DUPLICATE_KEY {
@@ -431,7 +513,8 @@ pub(super) async fn commit_rows(s: &Inner, rows: &[InboxRow]) -> StoreResult<Vec
     }
     let existing = rows_at(s, &taken).await?;
 
-    // 4. Outcomes in call order; rows written past a failure of their inbox go again.
+    // 6. Outcomes in call order; rows this insert wrote past a failure of their inbox
+    // go again (never a slot written into a fence in step 3: a fence is not put back).
     let mut by_call: Vec<usize> = (0..batch.len()).collect();
     by_call.sort_by_key(|&b| batch[b].0);
     let mut written_past_failure: Vec<ObjectId> = Vec::new();
@@ -452,21 +535,20 @@ pub(super) async fn commit_rows(s: &Inner, rows: &[InboxRow]) -> StoreResult<Vec
         }
         let outcome = match error {
             None => Ok(()),
-            Some(w) if w.code == DUPLICATE_KEY => {
-                let same = existing.get(&(doc.device_id, doc.seq)).is_some_and(
-                    |(kind, message_id, by)| {
-                        *kind == doc.kind && message_id == doc.message_id && by.as_deref() == doc.by
-                    },
-                );
-                if same {
-                    Ok(())
-                } else {
-                    Err(StoreError::Conflict(format!(
-                        "inbox {} seq {} holds another row",
-                        row.device_id, row.seq
-                    )))
-                }
-            }
+            Some(w) if w.code == DUPLICATE_KEY => match existing.get(&(doc.device_id, doc.seq)) {
+                Some(stored) if doc.same_as(stored) => Ok(()),
+                // A fence, another row, or (the slot free) the message at another seq.
+                stored => Err(StoreError::Conflict(format!(
+                    "inbox {} seq {} {}",
+                    row.device_id,
+                    row.seq,
+                    match stored {
+                        Some((fence::FENCE, _, _)) => "holds a fence",
+                        Some(_) => "holds another row",
+                        None => "is free, but the inbox holds the message at another seq",
+                    }
+                ))),
+            },
             Some(w) => Err(row_error(w)),
         };
         if outcome.is_err() {
@@ -475,7 +557,8 @@ pub(super) async fn commit_rows(s: &Inner, rows: &[InboxRow]) -> StoreResult<Vec
         }
         out[*i] = Some(outcome);
     }
-    // A row whose message failed, after an earlier failed row of its inbox: aborted.
+    // A row that failed before the insert (its message, or its fence), after an earlier
+    // failed row of its inbox: aborted, as if never tried.
     for i in failed_early {
         if first_failure
             .get(&*rows[i].device_id)
@@ -494,7 +577,7 @@ pub(super) async fn commit_rows(s: &Inner, rows: &[InboxRow]) -> StoreResult<Vec
 }
 
 /// The content (kind, message id, by) of rows at the given seqs.
-async fn rows_at<'a>(
+pub(super) async fn rows_at<'a>(
     s: &Inner,
     taken: &HashMap<&'a str, Vec<i64>>,
 ) -> StoreResult<HashMap<(&'a str, i64), (i64, String, Option<String>)>> {
@@ -614,6 +697,8 @@ async fn with_messages(
                 kind,
                 ts: r.ts,
                 client_id: r.client_id,
+                epoch: to_u64(r.epoch, "epoch")?,
+                into_fence: false,
             })
         })
         .collect()

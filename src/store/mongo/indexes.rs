@@ -23,7 +23,10 @@
 //!
 //! The other indexes serve one query each (see `purpose`). Partial indexes cover only
 //! the documents their query can match, so they stay small: the waiting jobs, the
-//! delayed jobs, the sender's own rows that carry a request id.
+//! delayed jobs, the active jobs, the sender's own rows that carry a request id.
+//! `inbox_message_once` serves no query: it keeps an inbox from holding a message
+//! twice (see `inbox.rs` for why its key is `message_key`). Nodes, owners and lanes
+//! are read by `_id` only.
 
 use std::collections::BTreeMap;
 
@@ -42,6 +45,8 @@ pub const ID_INDEX: &str = "_id_";
 pub enum Partial {
     /// Those whose field equals a string (`{state: "waiting"}`).
     Equals(&'static str, &'static str),
+    /// Those whose field equals a number (`{kind: 0}`).
+    EqualsNumber(&'static str, i64),
     /// Those that have the field (`{client_id: {$exists: true}}`).
     Exists(&'static str),
 }
@@ -51,6 +56,7 @@ impl Partial {
     pub fn filter(&self) -> Document {
         match self {
             Partial::Equals(field, value) => doc! { *field: *value },
+            Partial::EqualsNumber(field, value) => doc! { *field: *value },
             Partial::Exists(field) => doc! { *field: { "$exists": true } },
         }
     }
@@ -58,7 +64,9 @@ impl Partial {
     /// The field it filters on.
     pub fn field(&self) -> &'static str {
         match self {
-            Partial::Equals(field, _) | Partial::Exists(field) => field,
+            Partial::Equals(field, _)
+            | Partial::EqualsNumber(field, _)
+            | Partial::Exists(field) => field,
         }
     }
 
@@ -67,6 +75,7 @@ impl Partial {
     pub fn matches_condition(&self, condition: &Bson) -> bool {
         match (self, condition) {
             (Partial::Equals(_, value), Bson::String(s)) => s == value,
+            (Partial::EqualsNumber(_, value), n) => super::bson_i64(n) == Some(*value),
             (Partial::Exists(_), Bson::Document(d)) => {
                 d.len() == 1 && d.get_bool("$exists") == Ok(true)
             }
@@ -230,6 +239,15 @@ pub const INDEXES: &[IndexDef] = &[
         "every copy of a message (receipts, deleting a device's messages)",
     ),
     partial(
+        unique(index(
+            coll::INBOX,
+            "inbox_message_once",
+            &[("device_id", 1), ("message_key", 1)],
+            "an inbox holds a message once (a redelivered row finds it there)",
+        )),
+        Partial::EqualsNumber("kind", 0),
+    ),
+    partial(
         index(
             coll::INBOX,
             "inbox_sent",
@@ -317,8 +335,26 @@ pub const INDEXES: &[IndexDef] = &[
         &[("body_ref", 1)],
         "whether a shared body is still used",
     ),
-    // job_bodies and job_totals are read by `_id` only; messages by `_id`, and by
-    // sender for the statistics.
+    partial(
+        index(
+            coll::JOBS,
+            "jobs_active_owner",
+            &[("owner", 1)],
+            "one node's claims: renewed every heartbeat, released when it drains",
+        ),
+        Partial::Equals("state", "active"),
+    ),
+    partial(
+        index(
+            coll::JOBS,
+            "jobs_active_lease",
+            &[("lease_until", 1)],
+            "claims whose lease ran out (their node died), taken back",
+        ),
+        Partial::Equals("state", "active"),
+    ),
+    // job_bodies, job_totals, lanes, nodes and owners are read by `_id` only; messages
+    // by `_id`, and by sender for the statistics.
 ];
 
 /// The index named `name` on `collection` (the `_id` index included).

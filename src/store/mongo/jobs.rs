@@ -1,11 +1,17 @@
 //! The `jobs` collection of the MongoDB store: durable queued sends and contact syncs.
 //!
 //! Every state move is a single-document update guarded by the state it leaves
-//! (`{_id, state: "active"}` for outcomes, `{state: "waiting"}` for claims), so a
-//! cancelled or requeued job is never overwritten by a stale worker and two claims
-//! never hand out one job: a claim selects the best waiting jobs, then moves them with
-//! one `update_many` that stamps a fresh claim token on those still waiting, and
-//! answers exactly the documents carrying its token.
+//! (`{_id, state: "active", owner}` for outcomes, `{state: "waiting"}` for claims), so
+//! a cancelled, requeued or reclaimed job is never overwritten by a stale worker and
+//! two claims never hand out one job: a claim selects the best waiting jobs, then moves
+//! them with one `update_many` that stamps a fresh claim token on those still waiting,
+//! and answers exactly the documents carrying its token.
+//!
+//! A claim is leased (`docs/cluster.md`, "The shared queue"): it stamps the claiming
+//! node (`owner`) and `lease_until`; a node renews all its claims with one
+//! `update_many` per heartbeat (`jobs_active_owner`), and any node puts the claims
+//! whose lease ran out back to waiting (`jobs_active_lease`). Paused lanes are
+//! documents of `lanes` (`_id` = lane number), read whole: there are four.
 //!
 //! A campaign's body is one document of `job_bodies`, pointed at by `body_ref`; pruned
 //! jobs are added to `job_totals` (`$inc` upserts) so the queue statistics keep
@@ -18,7 +24,7 @@ use actors::jobs::{
     lane_from_index, lane_index, JobBody, JobKind, JobRecord, JobState, JobUpdate, QueueCount,
     SharedBody,
 };
-use actors::store::{StoreError, StoreResult};
+use actors::store::{JobClaim, StoreError, StoreResult};
 use mongodb::bson::oid::ObjectId;
 use mongodb::bson::{doc, Bson, Document};
 use mongodb::error::ErrorKind;
@@ -27,8 +33,8 @@ use serde::{Deserialize, Serialize};
 
 use super::stats::KnownQuery;
 use super::{
-    aggregate_all, bson_i64, coll, find_all, limit_i64, map_err, to_i64, to_u64, Inner, CHUNK,
-    DUPLICATE_KEY,
+    aggregate_all, bson_i64, coll, de_flag, find_all, limit_i64, map_err, to_i64, to_u64, Inner,
+    CHUNK, DUPLICATE_KEY,
 };
 
 /// Separates the parts of a `job_totals` id and of a live-count group key (no tenant
@@ -73,6 +79,12 @@ struct JobDoc {
     /// The token of the claim that last moved it to `active`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     claim: Option<String>,
+    /// The node whose claim holds it (active jobs only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    owner: Option<String>,
+    /// Until when that claim holds unless renewed (active jobs only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    lease_until: Option<i64>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -110,6 +122,8 @@ fn job_doc(j: &JobRecord) -> StoreResult<JobDoc> {
         progress_done: to_i64(j.progress_done, "progress")?,
         progress_total: to_i64(j.progress_total, "progress")?,
         claim: None,
+        owner: None,
+        lease_until: None,
     })
 }
 
@@ -181,10 +195,58 @@ pub(super) fn queue_tail_query(tenant_id: &str, lane: Priority) -> KnownQuery {
     .index("jobs_tail")
 }
 
-/// Active jobs (requeued when the dispatcher starts).
+/// Active jobs (requeued when the dispatcher starts on one node).
 pub(super) fn active_query() -> KnownQuery {
     KnownQuery::new("requeue_active_jobs", coll::JOBS, doc! { "state": ACTIVE })
         .index("jobs_state_updated")
+}
+
+/// A job still active under `owner`'s claim (its outcome's guard).
+pub(super) fn owned_job_query(id: &str, owner: &str) -> KnownQuery {
+    KnownQuery::new(
+        "finish_jobs",
+        coll::JOBS,
+        doc! { "_id": id, "state": ACTIVE, "owner": owner },
+    )
+    .index("_id_")
+    .residual(&["state", "owner"])
+}
+
+/// Every job active under one node's claims (renewed, or released when it drains).
+pub(super) fn claims_query(operation: &'static str, owner: &str) -> KnownQuery {
+    KnownQuery::new(
+        operation,
+        coll::JOBS,
+        doc! { "state": ACTIVE, "owner": owner },
+    )
+    .index("jobs_active_owner")
+}
+
+/// Active jobs whose claim's lease ran out before `now`.
+pub(super) fn lapsed_claims_query(now: i64) -> KnownQuery {
+    KnownQuery::new(
+        "reclaim_jobs",
+        coll::JOBS,
+        doc! { "state": ACTIVE, "lease_until": { "$lt": now } },
+    )
+    .index("jobs_active_lease")
+}
+
+/// One lane's pause (set or cleared).
+pub(super) fn lane_query(lane: Priority) -> KnownQuery {
+    KnownQuery::new(
+        "set_lane_paused",
+        coll::LANES,
+        doc! { "_id": lane_index(lane) },
+    )
+    .index("_id_")
+}
+
+/// Every lane's pause (four documents at most).
+pub(super) fn lanes_query() -> KnownQuery {
+    KnownQuery::new("paused_lanes", coll::LANES, doc! {})
+        .sort(doc! { "_id": 1 })
+        .index("_id_")
 }
 
 /// Delayed jobs that came due.
@@ -410,17 +472,94 @@ pub(super) async fn queue_tail(
     Ok(found.first().map(|r| r.rank))
 }
 
+/// What puts a claimed job back to waiting: the claim goes; `count_attempt` when its
+/// node stopped without finishing it (a crash counts as an attempt).
+fn unclaim(count_attempt: bool) -> Document {
+    let mut update = doc! {
+        "$set": { "state": WAITING },
+        "$unset": { "owner": "", "lease_until": "" },
+    };
+    if count_attempt {
+        update.insert("$inc", doc! { "attempts": 1_i64 });
+    }
+    update
+}
+
 pub(super) async fn requeue_active(s: &Inner) -> StoreResult<u64> {
     let q = active_query();
     let r = s
         .coll::<Document>(q.collection)
-        .update_many(
-            q.filter,
-            doc! { "$set": { "state": WAITING }, "$inc": { "attempts": 1_i64 } },
-        )
+        .update_many(q.filter, unclaim(true))
         .await
         .map_err(map_err)?;
     Ok(r.modified_count)
+}
+
+pub(super) async fn renew_claims(s: &Inner, owner: &str, lease_until: i64) -> StoreResult<u64> {
+    let q = claims_query("renew_job_claims", owner);
+    let r = s
+        .coll::<Document>(q.collection)
+        .update_many(q.filter, doc! { "$set": { "lease_until": lease_until } })
+        .await
+        .map_err(map_err)?;
+    Ok(r.matched_count)
+}
+
+/// Claims whose lease ran out (their node died) go back to waiting, the attempt
+/// counted as [`requeue_active`] counts it.
+pub(super) async fn reclaim(s: &Inner, now: i64) -> StoreResult<u64> {
+    let q = lapsed_claims_query(now);
+    let r = s
+        .coll::<Document>(q.collection)
+        .update_many(q.filter, unclaim(true))
+        .await
+        .map_err(map_err)?;
+    Ok(r.modified_count)
+}
+
+/// A draining node gives its claims back (nothing went wrong: no attempt counted).
+pub(super) async fn release_claims(s: &Inner, owner: &str) -> StoreResult<u64> {
+    let q = claims_query("release_job_claims", owner);
+    let r = s
+        .coll::<Document>(q.collection)
+        .update_many(q.filter, unclaim(false))
+        .await
+        .map_err(map_err)?;
+    Ok(r.modified_count)
+}
+
+pub(super) async fn set_lane_paused(s: &Inner, lane: Priority, paused: bool) -> StoreResult<()> {
+    let q = lane_query(lane);
+    s.coll::<Document>(q.collection)
+        .update_one(q.filter, doc! { "$set": { "paused": paused } })
+        .upsert(true)
+        .await
+        .map_err(map_err)?;
+    Ok(())
+}
+
+pub(super) async fn paused_lanes(s: &Inner) -> StoreResult<Vec<Priority>> {
+    #[derive(Deserialize)]
+    struct LaneRead {
+        #[serde(rename = "_id")]
+        lane: i64,
+        #[serde(deserialize_with = "de_flag")]
+        paused: bool,
+    }
+    let q = lanes_query();
+    let lanes = find_all(
+        &s.coll::<LaneRead>(q.collection),
+        q.filter,
+        q.sort,
+        None,
+        None,
+    )
+    .await?;
+    Ok(lanes
+        .into_iter()
+        .filter(|l| l.paused)
+        .map(|l| lane_from_index(l.lane))
+        .collect())
 }
 
 pub(super) async fn promote_due(s: &Inner, now: i64) -> StoreResult<u64> {
@@ -438,6 +577,7 @@ pub(super) async fn claim(
     now: i64,
     limit: usize,
     paused: &[Priority],
+    claim: &JobClaim,
 ) -> StoreResult<Vec<JobRecord>> {
     if limit == 0 || paused.len() >= Priority::ALL.len() {
         return Ok(Vec::new());
@@ -454,7 +594,10 @@ pub(super) async fn claim(
     // the others, so each job is answered by exactly one claim.
     jobs.update_many(
         doc! { "_id": { "$in": &ids }, "state": WAITING },
-        doc! { "$set": { "state": ACTIVE, "claim": &token, "updated_at": now } },
+        doc! { "$set": {
+            "state": ACTIVE, "claim": &token, "updated_at": now,
+            "owner": &claim.owner, "lease_until": claim.lease_until,
+        } },
     )
     .await
     .map_err(map_err)?;
@@ -479,8 +622,14 @@ pub(super) async fn claim(
     Ok(out)
 }
 
-/// One guarded update statement per outcome, all in one `update` command.
-pub(super) async fn finish(s: &Inner, updates: &[JobUpdate], now: i64) -> StoreResult<()> {
+/// One guarded update statement per outcome, all in one `update` command; each moves
+/// its job only if it is still active under `owner`'s claim.
+pub(super) async fn finish(
+    s: &Inner,
+    updates: &[JobUpdate],
+    now: i64,
+    owner: &str,
+) -> StoreResult<()> {
     let statements: Vec<Document> = updates
         .iter()
         .map(|u| {
@@ -527,7 +676,7 @@ pub(super) async fn finish(s: &Inner, updates: &[JobUpdate], now: i64) -> StoreR
                     } },
                 ),
             };
-            doc! { "q": job_query("finish_jobs", id, &[ACTIVE]).filter, "u": update }
+            doc! { "q": owned_job_query(id, owner).filter, "u": update }
         })
         .collect();
     s.update_statements(coll::JOBS, statements, false).await?;

@@ -3,8 +3,10 @@
 //! It owns the connection settings ([`MongoSettings`]), the client and its pool, and
 //! the mapping of driver errors onto [`StoreError`]; the queries live by concern in
 //! `directory.rs` (tenants, devices, contacts, groups), `inbox.rs` (messages and
-//! inboxes), `jobs.rs` (the queue), `indexes.rs` (every index, ensured at start) and
-//! `stats.rs` (`/admin/db/stats`). The SQLite store is the reference behaviour.
+//! inboxes), `fence.rs` (fencing an inbox for a new owner), `jobs.rs` (the queue and
+//! its lanes), `cluster.rs` (node leases and device ownership), `indexes.rs` (every
+//! index, ensured at start) and `stats.rs` (`/admin/db/stats`). The SQLite store is
+//! the reference behaviour.
 //!
 //! Design:
 //! - **No transactions.** Every change that must be atomic is one single-document
@@ -26,7 +28,13 @@
 //! - `commit_rows`: a call's rows become visible one by one, not at once; rows the
 //!   unordered insert wrote past a failed row of their inbox are visible until they
 //!   are deleted again (before the call answers). If that delete cannot be done the
-//!   call answers `Unavailable`, and the rows stay until a retry answers them.
+//!   call answers `Unavailable`, and the rows stay until a retry answers them. Rows
+//!   written into fences go first, each on its own; a fence replaced is never put
+//!   back, so such a row stays written (and answered `Ok`) even when a row of its
+//!   inbox earlier in the call fails in the insert after it (callers put an inbox's
+//!   rows into fences before its other rows, so this does not arise).
+//! - `fence_inbox`: the fences go in, then the stale rows become fences; a call cut
+//!   off in between is completed by calling it again.
 //! - `insert_jobs`: jobs of a batch that fails part way exist until they are deleted
 //!   again (a claim in that moment may take one); a crash in between leaves them.
 //! - `finish_jobs`, `upsert_contacts`, `delete_device`: applied statement by
@@ -44,8 +52,8 @@ use std::time::Duration;
 
 use actors::jobs::{JobRecord, JobUpdate, QueueCount, SharedBody};
 use actors::store::{
-    AcceptedSend, DayStats, DeviceRecord, GroupRecord, InboxRow, MessageCopy, RowResult,
-    StatusEntry, Store, StoreError, StoreResult, TenantRecord,
+    AcceptedSend, DayStats, DeviceRecord, GroupRecord, InboxRow, JobClaim, MessageCopy, NodeLoad,
+    NodeRecord, OwnerRecord, RowResult, StatusEntry, Store, StoreError, StoreResult, TenantRecord,
 };
 use async_trait::async_trait;
 use futures_util::TryStreamExt;
@@ -57,8 +65,11 @@ use mongodb::{Client, Collection, Database};
 use protocol::rest::Contact;
 use protocol::Priority;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer};
 
+mod cluster;
 mod directory;
+mod fence;
 mod inbox;
 pub mod indexes;
 mod jobs;
@@ -90,9 +101,16 @@ pub(crate) mod coll {
     pub const JOB_BODIES: &str = "job_bodies";
     /// Counts of pruned jobs.
     pub const JOB_TOTALS: &str = "job_totals";
+    /// Paused lanes of the queue, one document per lane.
+    pub const LANES: &str = "lanes";
+    /// A cluster's nodes and their leases.
+    pub const NODES: &str = "nodes";
+    /// Which node owns each device's session, with the fencing epoch.
+    pub const OWNERS: &str = "owners";
     /// Every collection, for the statistics.
-    pub const ALL: [&str; 9] = [
-        TENANTS, DEVICES, CONTACTS, GROUPS, MESSAGES, INBOX, JOBS, JOB_BODIES, JOB_TOTALS,
+    pub const ALL: [&str; 12] = [
+        TENANTS, DEVICES, CONTACTS, GROUPS, MESSAGES, INBOX, JOBS, JOB_BODIES, JOB_TOTALS, LANES,
+        NODES, OWNERS,
     ];
 }
 
@@ -399,6 +417,17 @@ fn check_write_reply(reply: &Document) -> StoreResult<()> {
     Ok(())
 }
 
+/// A stored flag: a boolean, or a number (nx-27017 stores a boolean `$set` as 0 / 1).
+pub(crate) fn de_flag<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    match Bson::deserialize(d)? {
+        Bson::Boolean(b) => Ok(b),
+        other => match bson_i64(&other) {
+            Some(n) => Ok(n != 0),
+            None => Err(serde::de::Error::custom(format!("not a flag: {other:?}"))),
+        },
+    }
+}
+
 /// Any BSON number as an i64 (servers answer small Int64 values as Int32).
 pub(crate) fn bson_i64(b: &Bson) -> Option<i64> {
     match b {
@@ -605,6 +634,7 @@ impl Store for MongoStore {
             jobs::cancel_device_jobs(&self.inner, id, now).await?;
             directory::delete_contacts(&self.inner, id).await?;
             inbox::delete_inbox(&self.inner, id).await?;
+            cluster::delete_owner(&self.inner, id).await?;
             directory::delete_device(&self.inner, id).await
         })
         .await
@@ -800,16 +830,57 @@ impl Store for MongoStore {
         now: i64,
         limit: usize,
         paused: &[Priority],
+        claim: &JobClaim,
     ) -> StoreResult<Vec<JobRecord>> {
-        self.run("claim_jobs", jobs::claim(&self.inner, now, limit, paused))
-            .await
+        self.run(
+            "claim_jobs",
+            jobs::claim(&self.inner, now, limit, paused, claim),
+        )
+        .await
     }
 
-    async fn finish_jobs(&self, updates: Vec<JobUpdate>, now: i64) -> StoreResult<()> {
+    async fn finish_jobs(&self, updates: Vec<JobUpdate>, now: i64, owner: &str) -> StoreResult<()> {
         if updates.is_empty() {
             return Ok(());
         }
-        self.run("finish_jobs", jobs::finish(&self.inner, &updates, now))
+        self.run(
+            "finish_jobs",
+            jobs::finish(&self.inner, &updates, now, owner),
+        )
+        .await
+    }
+
+    async fn renew_job_claims(&self, owner: &str, lease_until: i64) -> StoreResult<u64> {
+        self.run(
+            "renew_job_claims",
+            jobs::renew_claims(&self.inner, owner, lease_until),
+        )
+        .await
+    }
+
+    async fn reclaim_jobs(&self, now: i64) -> StoreResult<u64> {
+        self.run("reclaim_jobs", jobs::reclaim(&self.inner, now))
+            .await
+    }
+
+    async fn release_job_claims(&self, owner: &str) -> StoreResult<u64> {
+        self.run(
+            "release_job_claims",
+            jobs::release_claims(&self.inner, owner),
+        )
+        .await
+    }
+
+    async fn set_lane_paused(&self, lane: Priority, paused: bool) -> StoreResult<()> {
+        self.run(
+            "set_lane_paused",
+            jobs::set_lane_paused(&self.inner, lane, paused),
+        )
+        .await
+    }
+
+    async fn paused_lanes(&self) -> StoreResult<Vec<Priority>> {
+        self.run("paused_lanes", jobs::paused_lanes(&self.inner))
             .await
     }
 
@@ -844,6 +915,76 @@ impl Store for MongoStore {
     async fn lane_depths(&self) -> StoreResult<[u64; 4]> {
         self.run("lane_depths", jobs::lane_depths(&self.inner))
             .await
+    }
+
+    async fn put_node(&self, node: NodeRecord) -> StoreResult<()> {
+        self.run("put_node", cluster::put_node(&self.inner, &node))
+            .await
+    }
+
+    async fn renew_node(&self, id: &str, lease_until: i64, load: NodeLoad) -> StoreResult<bool> {
+        self.run(
+            "renew_node",
+            cluster::renew_node(&self.inner, id, lease_until, load),
+        )
+        .await
+    }
+
+    async fn list_nodes(&self) -> StoreResult<Vec<NodeRecord>> {
+        self.run("list_nodes", cluster::list_nodes(&self.inner))
+            .await
+    }
+
+    async fn remove_node(&self, id: &str) -> StoreResult<()> {
+        self.run("remove_node", cluster::remove_node(&self.inner, id))
+            .await
+    }
+
+    async fn get_owner(&self, device_id: &str) -> StoreResult<Option<OwnerRecord>> {
+        self.run("get_owner", cluster::get_owner(&self.inner, device_id))
+            .await
+    }
+
+    async fn claim_owner(
+        &self,
+        device_id: &str,
+        node: &str,
+        seen: Option<u64>,
+        now: i64,
+    ) -> StoreResult<Option<OwnerRecord>> {
+        self.run(
+            "claim_owner",
+            cluster::claim_owner(&self.inner, device_id, node, seen, now),
+        )
+        .await
+    }
+
+    async fn release_owner(
+        &self,
+        device_id: &str,
+        node: &str,
+        epoch: u64,
+        now: i64,
+    ) -> StoreResult<bool> {
+        self.run(
+            "release_owner",
+            cluster::release_owner(&self.inner, device_id, node, epoch, now),
+        )
+        .await
+    }
+
+    async fn fence_inbox(
+        &self,
+        device_id: &str,
+        from: u64,
+        count: u64,
+        epoch: u64,
+    ) -> StoreResult<()> {
+        self.run(
+            "fence_inbox",
+            fence::fence_inbox(&self.inner, device_id, from, count, epoch),
+        )
+        .await
     }
 }
 

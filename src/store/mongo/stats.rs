@@ -24,7 +24,10 @@ use protocol::Priority;
 use serde::Serialize;
 
 use super::indexes::{IndexDef, INDEXES};
-use super::{aggregate_all, bson_i64, coll, directory as d, inbox as i, jobs as j, MongoStore};
+use super::{
+    aggregate_all, bson_i64, cluster as c, coll, directory as d, fence as f, inbox as i, jobs as j,
+    MongoStore,
+};
 
 /// One query the store runs: its collection, filter and order, and the index that
 /// serves it.
@@ -111,8 +114,23 @@ pub fn known_queries() -> Vec<KnownQuery> {
         i::held_messages_query("device"),
         i::holders_query(&["m1", "m2"]),
         i::inbox_query("device"),
+        f::into_fence_query("device", 4, 2),
+        f::stale_rows_query("device", 4, 67, 2),
+        c::owner_query("delete_device", "device"),
+        c::node_query("put_node", "node"),
+        c::node_query("renew_node", "node"),
+        c::node_query("remove_node", "node"),
+        c::nodes_query(),
+        c::owner_query("get_owner", "device"),
+        c::owner_at_epoch_query("device", 3),
+        c::held_owner_query("device", "node", 3),
         j::job_query("get_job", "job", &[]),
-        j::job_query("finish_jobs", "job", &["active"]),
+        j::owned_job_query("job", "node"),
+        j::claims_query("renew_job_claims", "node"),
+        j::claims_query("release_job_claims", "node"),
+        j::lapsed_claims_query(1_000),
+        j::lane_query(Priority::Low),
+        j::lanes_query(),
         j::job_query("cancel_job", "job", &["waiting", "delayed"]),
         j::body_query("job_body", &["body"]),
         j::body_query("prune_jobs", &["b1", "b2"]),

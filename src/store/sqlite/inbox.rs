@@ -2,10 +2,16 @@
 //!
 //! A message is one row of `messages`, whatever its fan-out; an inbox row (`inbox`,
 //! clustered by `(device_id, seq)`, `WITHOUT ROWID`) is a small key row: kind (0 a
-//! message, 1 delivered, 2 read), message id, the reporting address for statuses, time
-//! and the sender's request id on its own copy. `inbox_message` finds every copy and
-//! status of a message; the two partial indexes cover only the sender's own rows that
-//! carry a request id (idempotency lookups).
+//! message, 1 delivered, 2 read, -1 a fence), message id, the reporting address for
+//! statuses, time, the sender's request id on its own copy, and the fencing epoch of
+//! the session that wrote it. `inbox_message` finds every copy and status of a
+//! message; `inbox_message_once` (unique, message rows) keeps an inbox from holding a
+//! message twice; the two partial indexes on `client_id` cover only the sender's own
+//! rows that carry a request id (idempotency lookups).
+//!
+//! A fence row (`docs/cluster.md`, "Fencing the inbox") holds a slot for a new owner:
+//! kind -1, an empty message id, the owner's epoch. No read returns one: every query
+//! of rows either asks for kinds >= 0 or for one kind.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -22,22 +28,39 @@ use super::{limit_i64, to_i64, unavailable};
 const INSERT_MESSAGE: &str = "INSERT OR IGNORE INTO messages \
      (id, sender_device, sender, recipient, group_id, body, ts) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
 const INSERT_ROW: &str = "INSERT OR IGNORE INTO inbox \
-     (device_id, seq, kind, message_id, by_addr, ts, client_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
+     (device_id, seq, kind, message_id, by_addr, ts, client_id, epoch) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
 const ROW_AT: &str =
     "SELECT kind, message_id, by_addr FROM inbox WHERE device_id = ?1 AND seq = ?2";
+/// A row written into its epoch's fence (a conditional replace; a message the inbox
+/// holds elsewhere leaves the fence as it is).
+pub const INTO_FENCE: &str = "UPDATE OR IGNORE inbox SET kind = ?3, message_id = ?4, \
+     by_addr = ?5, ts = ?6, client_id = ?7 \
+     WHERE device_id = ?1 AND seq = ?2 AND kind = -1 AND epoch = ?8";
+/// A fence in an empty slot.
+const INSERT_FENCE: &str = "INSERT OR IGNORE INTO inbox \
+     (device_id, seq, kind, message_id, by_addr, ts, client_id, epoch) \
+     VALUES (?1, ?2, -1, '', NULL, 0, NULL, ?3)";
+/// Rows of a lower epoch in a fenced range become fences of the new one.
+pub const FENCE_STALE: &str = "UPDATE inbox SET kind = -1, message_id = '', by_addr = NULL, \
+     ts = 0, client_id = NULL, epoch = ?4 \
+     WHERE device_id = ?1 AND seq >= ?2 AND seq <= ?3 AND epoch < ?4";
 
-/// Highest seq of an inbox.
-pub const LAST_SEQ: &str = "SELECT COALESCE(MAX(seq), 0) FROM inbox WHERE device_id = ?1";
+/// Highest seq of an inbox, fences left out: a walk down the primary key that stops at
+/// the first row that is not a fence.
+pub const LAST_SEQ: &str =
+    "SELECT seq FROM inbox WHERE device_id = ?1 AND kind >= 0 ORDER BY seq DESC LIMIT 1";
 /// A page of an inbox, messages joined.
 pub const READ_INBOX: &str = "SELECT inbox.seq, inbox.kind, inbox.message_id, inbox.by_addr, \
      inbox.ts, inbox.client_id, messages.sender_device, messages.sender, messages.recipient, \
-     messages.group_id, messages.body, messages.ts \
+     messages.group_id, messages.body, messages.ts, inbox.epoch \
      FROM inbox LEFT JOIN messages ON inbox.kind = 0 AND messages.id = inbox.message_id \
-     WHERE inbox.device_id = ?1 AND inbox.seq > ?2 ORDER BY inbox.seq LIMIT ?3";
+     WHERE inbox.device_id = ?1 AND inbox.seq > ?2 AND inbox.kind >= 0 \
+     ORDER BY inbox.seq LIMIT ?3";
 /// The message row of an inbox holding a message.
 pub const INBOX_MESSAGE: &str = "SELECT inbox.seq, inbox.kind, inbox.message_id, inbox.by_addr, \
      inbox.ts, inbox.client_id, messages.sender_device, messages.sender, messages.recipient, \
-     messages.group_id, messages.body, messages.ts \
+     messages.group_id, messages.body, messages.ts, inbox.epoch \
      FROM inbox INDEXED BY inbox_message JOIN messages ON messages.id = inbox.message_id \
      WHERE inbox.message_id = ?2 AND inbox.device_id = ?1 AND inbox.kind = 0 LIMIT 1";
 /// Every inbox holding a message, with its owner's address.
@@ -62,6 +85,9 @@ pub const DELETE_ORPHAN_MESSAGES: &str = "DELETE FROM messages WHERE id IN \
      WHERE o.message_id = messages.id AND o.device_id <> ?1)";
 /// Deleting a device: its inbox.
 pub const DELETE_INBOX: &str = "DELETE FROM inbox WHERE device_id = ?1";
+
+/// The kind code of a fence row.
+const FENCE: i64 = -1;
 
 fn kind_code(kind: &RowKind) -> i64 {
     match kind {
@@ -89,7 +115,7 @@ fn corrupt(what: String) -> rusqlite::Error {
     rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Null, what.into())
 }
 
-/// An inbox row as [`READ_INBOX`] selects it (device id given).
+/// An inbox row as [`READ_INBOX`] selects it (device id given); column 12 is its epoch.
 fn row_from(device_id: &Arc<str>, r: &Row<'_>) -> rusqlite::Result<InboxRow> {
     let seq: u64 = r.get(0)?;
     let code: i64 = r.get(1)?;
@@ -126,11 +152,13 @@ fn row_from(device_id: &Arc<str>, r: &Row<'_>) -> rusqlite::Result<InboxRow> {
         kind,
         ts: r.get(4)?,
         client_id: r.get(5)?,
+        epoch: r.get(12)?,
+        into_fence: false,
     })
 }
 
 /// Maps a read error: unreadable data is `Corrupt`, anything else `Unavailable`.
-fn read_error(e: rusqlite::Error) -> StoreError {
+pub(super) fn read_error(e: rusqlite::Error) -> StoreError {
     match e {
         rusqlite::Error::FromSqlConversionFailure(_, _, inner) => {
             StoreError::Corrupt(inner.to_string())
@@ -140,12 +168,17 @@ fn read_error(e: rusqlite::Error) -> StoreError {
 }
 
 /// Writes rows in one transaction with one outcome per row (see `Store::commit_rows`).
+/// A row is inserted into an empty slot, or written into its epoch's fence
+/// (`into_fence`); when neither applies, the slot holding the same row is an
+/// idempotent retry and anything else (another row, a fence, the message at another
+/// seq) a conflict.
 pub(super) fn commit_rows(conn: &mut Connection, rows: &[InboxRow]) -> StoreResult<Vec<RowResult>> {
     let tx = conn.transaction().map_err(unavailable)?;
     let mut out = Vec::with_capacity(rows.len());
     {
         let mut insert_message = tx.prepare_cached(INSERT_MESSAGE).map_err(unavailable)?;
         let mut insert_row = tx.prepare_cached(INSERT_ROW).map_err(unavailable)?;
+        let mut into_fence = tx.prepare_cached(INTO_FENCE).map_err(unavailable)?;
         let mut row_at = tx.prepare_cached(ROW_AT).map_err(unavailable)?;
         let mut stored: HashSet<&str> = HashSet::new();
         let mut failed: HashSet<&str> = HashSet::new();
@@ -174,38 +207,50 @@ pub(super) fn commit_rows(conn: &mut Connection, rows: &[InboxRow]) -> StoreResu
                 RowKind::Status(s) => Some(&*s.by),
             };
             let seq = to_i64(row.seq, "seq")?;
+            let epoch = to_i64(row.epoch, "epoch")?;
             let code = kind_code(&row.kind);
-            let inserted = insert_row
-                .execute(params![
-                    &*row.device_id,
-                    seq,
-                    code,
-                    &**row.kind.message_id(),
-                    by,
-                    row.ts,
-                    row.client_id.as_deref()
-                ])
-                .map_err(unavailable)?;
-            if inserted == 1 {
+            let values = params![
+                &*row.device_id,
+                seq,
+                code,
+                &**row.kind.message_id(),
+                by,
+                row.ts,
+                row.client_id.as_deref(),
+                epoch
+            ];
+            let written = if row.into_fence {
+                into_fence.execute(values)
+            } else {
+                insert_row.execute(values)
+            }
+            .map_err(unavailable)?;
+            if written == 1 {
                 out.push(Ok(()));
                 continue;
             }
-            // The seq is taken: the same row again is an idempotent retry.
+            // Not written: the same row already there is an idempotent retry.
             let existing: Option<(i64, String, Option<String>)> = row_at
                 .query_row(params![&*row.device_id, seq], |r| {
                     Ok((r.get(0)?, r.get(1)?, r.get(2)?))
                 })
                 .optional()
                 .map_err(unavailable)?;
-            let same = existing.is_some_and(|(k, mid, b)| {
-                k == code && *mid == **row.kind.message_id() && b.as_deref() == by
+            let same = existing.as_ref().is_some_and(|(k, mid, b)| {
+                *k == code && **mid == **row.kind.message_id() && b.as_deref() == by
             });
             if same {
                 out.push(Ok(()));
             } else {
                 failed.insert(&row.device_id);
+                let why = match existing {
+                    Some((FENCE, _, _)) => "holds a fence",
+                    Some(_) => "holds another row",
+                    None if row.into_fence => "holds no fence",
+                    None => "is free, but the inbox holds the message at another seq",
+                };
                 out.push(Err(StoreError::Conflict(format!(
-                    "inbox {} seq {} holds another row",
+                    "inbox {} seq {} {why}",
                     row.device_id, row.seq
                 ))));
             }
@@ -215,9 +260,42 @@ pub(super) fn commit_rows(conn: &mut Connection, rows: &[InboxRow]) -> StoreResu
     Ok(out)
 }
 
+/// Fences `from ..= from + count - 1` for `epoch` in one transaction (see
+/// `Store::fence_inbox`).
+pub(super) fn fence_inbox(
+    conn: &mut Connection,
+    device_id: &str,
+    from: u64,
+    count: u64,
+    epoch: u64,
+) -> StoreResult<()> {
+    let Some(last) = crate::store::fence_end(from, count)? else {
+        return Ok(());
+    };
+    let (first, last, epoch) = (
+        to_i64(from, "seq")?,
+        to_i64(last, "seq")?,
+        to_i64(epoch, "epoch")?,
+    );
+    let tx = conn.transaction().map_err(unavailable)?;
+    {
+        let mut insert = tx.prepare_cached(INSERT_FENCE).map_err(unavailable)?;
+        for seq in first..=last {
+            insert
+                .execute(params![device_id, seq, epoch])
+                .map_err(unavailable)?;
+        }
+        tx.prepare_cached(FENCE_STALE)
+            .and_then(|mut st| st.execute(params![device_id, first, last, epoch]))
+            .map_err(unavailable)?;
+    }
+    tx.commit().map_err(unavailable)
+}
+
 pub(super) fn last_seq(conn: &Connection, device_id: &str) -> StoreResult<u64> {
     conn.prepare_cached(LAST_SEQ)
-        .and_then(|mut st| st.query_row([device_id], |r| r.get(0)))
+        .and_then(|mut st| st.query_row([device_id], |r| r.get(0)).optional())
+        .map(Option::unwrap_or_default)
         .map_err(unavailable)
 }
 

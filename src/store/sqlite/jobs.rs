@@ -8,8 +8,13 @@
 //! partial indexes serve one query each: `jobs_tail` the tenant's queue tail (fair
 //! ranks), `jobs_device_pending` cancelling a deleted device's jobs, `jobs_finished`
 //! pruning, `jobs_body_ref` dropping shared bodies no job needs. Every outcome update is
-//! guarded by `state = 'active'`, so a cancelled or requeued job is never overwritten by
-//! a stale worker.
+//! guarded by `state = 'active'` and the claim's `owner`, so a cancelled, requeued or
+//! reclaimed job is never overwritten by a stale worker.
+//!
+//! A claim is leased (`docs/cluster.md`, "The shared queue"): it stores the claiming
+//! node (`owner`) and `lease_until`; the partial indexes `jobs_active_owner` and
+//! `jobs_active_lease` serve renewing or releasing one node's claims and taking back
+//! the claims whose lease ran out. Paused lanes are rows of `lanes`.
 //!
 //! A campaign's body is one row of `job_bodies`, pointed at by `body_ref`; pruned jobs
 //! are added to `job_totals` so the queue statistics keep counting them.
@@ -21,7 +26,7 @@ use actors::jobs::{
     lane_from_index, lane_index, JobBody, JobKind, JobRecord, JobState, JobUpdate, QueueCount,
     SharedBody,
 };
-use actors::store::{StoreError, StoreResult};
+use actors::store::{JobClaim, StoreError, StoreResult};
 use protocol::Priority;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
@@ -59,6 +64,43 @@ pub const PRUNABLE: &str = "SELECT rowid, tenant_id, lane, state, body_ref FROM 
 /// Whether a job still points at a shared body.
 pub const BODY_IN_USE: &str = "SELECT 1 FROM jobs INDEXED BY jobs_body_ref \
      WHERE body_ref IS NOT NULL AND body_ref = ?1 LIMIT 1";
+/// Claiming one job.
+pub const CLAIM_ONE: &str = "UPDATE jobs SET state = 'active', updated_at = ?2, owner = ?3, \
+     lease_until = ?4 WHERE rowid = ?1";
+/// Outcomes, each applied only to a job still active under the claim of `?5`.
+pub const FINISH_COMPLETED: &str = "UPDATE jobs SET state = 'completed', message_id = ?2, \
+     attempts = ?3, error = NULL, updated_at = ?4 \
+     WHERE id = ?1 AND state = 'active' AND owner = ?5";
+/// A failed outcome (see [`FINISH_COMPLETED`]).
+pub const FINISH_FAILED: &str = "UPDATE jobs SET state = 'failed', error = ?2, attempts = ?3, \
+     updated_at = ?4 WHERE id = ?1 AND state = 'active' AND owner = ?5";
+/// A delayed outcome (see [`FINISH_COMPLETED`]).
+pub const FINISH_DELAYED: &str = "UPDATE jobs SET state = 'delayed', not_before = ?2, \
+     attempts = ?3, updated_at = ?4 WHERE id = ?1 AND state = 'active' AND owner = ?5";
+/// On one node's start: every active job back to waiting, the attempt counted.
+pub const REQUEUE_ACTIVE: &str = "UPDATE jobs SET state = 'waiting', attempts = attempts + 1, \
+     owner = NULL, lease_until = NULL WHERE rowid IN \
+     (SELECT rowid FROM jobs INDEXED BY jobs_active_lease WHERE state = 'active')";
+/// A node's heartbeat extends its claims.
+pub const RENEW_CLAIMS: &str = "UPDATE jobs SET lease_until = ?2 WHERE rowid IN \
+     (SELECT rowid FROM jobs INDEXED BY jobs_active_owner \
+      WHERE state = 'active' AND owner = ?1)";
+/// Claims whose lease ran out (their node died): back to waiting, the attempt counted
+/// (as [`REQUEUE_ACTIVE`] counts it).
+pub const RECLAIM: &str = "UPDATE jobs SET state = 'waiting', attempts = attempts + 1, \
+     owner = NULL, lease_until = NULL WHERE rowid IN \
+     (SELECT rowid FROM jobs INDEXED BY jobs_active_lease \
+      WHERE state = 'active' AND lease_until < ?1)";
+/// A draining node gives its claims back (nothing went wrong: no attempt counted).
+pub const RELEASE_CLAIMS: &str = "UPDATE jobs SET state = 'waiting', owner = NULL, \
+     lease_until = NULL WHERE rowid IN \
+     (SELECT rowid FROM jobs INDEXED BY jobs_active_owner \
+      WHERE state = 'active' AND owner = ?1)";
+/// Pausing or resuming a lane.
+const SET_LANE: &str = "INSERT INTO lanes (lane, paused) VALUES (?1, ?2) \
+     ON CONFLICT (lane) DO UPDATE SET paused = excluded.paused";
+/// The paused lanes (at most four rows: read whole).
+pub const PAUSED_LANES: &str = "SELECT lane FROM lanes WHERE paused = 1 ORDER BY lane";
 /// Deleting a device: its queued jobs are cancelled.
 pub const CANCEL_DEVICE_JOBS: &str = "UPDATE jobs SET state = 'cancelled', \
      error = 'cancelled: the device was deleted', updated_at = ?2 \
@@ -165,6 +207,7 @@ pub(super) fn claim(
     now: i64,
     limit: usize,
     paused: &[Priority],
+    claim: &JobClaim,
 ) -> StoreResult<Vec<JobRecord>> {
     // Lane numbers are integers we format ourselves: no injection, and at most 16
     // distinct statements for the statement cache.
@@ -188,11 +231,11 @@ pub(super) fn claim(
             })
             .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
             .map_err(unavailable)?;
-        let mut update = tx
-            .prepare_cached("UPDATE jobs SET state = 'active', updated_at = ?2 WHERE rowid = ?1")
-            .map_err(unavailable)?;
+        let mut update = tx.prepare_cached(CLAIM_ONE).map_err(unavailable)?;
         for (_, rowid) in &rows {
-            update.execute(params![rowid, now]).map_err(unavailable)?;
+            update
+                .execute(params![rowid, now, claim.owner, claim.lease_until])
+                .map_err(unavailable)?;
         }
         rows.into_iter().map(|(j, _)| j).collect::<Vec<_>>()
     };
@@ -208,49 +251,77 @@ pub(super) fn claim(
         .collect())
 }
 
-pub(super) fn finish(conn: &mut Connection, updates: &[JobUpdate], now: i64) -> StoreResult<()> {
+pub(super) fn finish(
+    conn: &mut Connection,
+    updates: &[JobUpdate],
+    now: i64,
+    owner: &str,
+) -> StoreResult<()> {
     let tx = conn.transaction().map_err(unavailable)?;
     {
-        let mut done = tx
-            .prepare_cached(
-                "UPDATE jobs SET state = 'completed', message_id = ?2, attempts = ?3, \
-                 error = NULL, updated_at = ?4 WHERE id = ?1 AND state = 'active'",
-            )
-            .map_err(unavailable)?;
-        let mut failed = tx
-            .prepare_cached(
-                "UPDATE jobs SET state = 'failed', error = ?2, attempts = ?3, updated_at = ?4 \
-                 WHERE id = ?1 AND state = 'active'",
-            )
-            .map_err(unavailable)?;
-        let mut delayed = tx
-            .prepare_cached(
-                "UPDATE jobs SET state = 'delayed', not_before = ?2, attempts = ?3, \
-                 updated_at = ?4 WHERE id = ?1 AND state = 'active'",
-            )
-            .map_err(unavailable)?;
+        let mut done = tx.prepare_cached(FINISH_COMPLETED).map_err(unavailable)?;
+        let mut failed = tx.prepare_cached(FINISH_FAILED).map_err(unavailable)?;
+        let mut delayed = tx.prepare_cached(FINISH_DELAYED).map_err(unavailable)?;
         for u in updates {
             match u {
                 JobUpdate::Completed {
                     id,
                     message_id,
                     attempts,
-                } => done.execute(params![id, message_id, attempts, now]),
+                } => done.execute(params![id, message_id, attempts, now, owner]),
                 JobUpdate::Failed {
                     id,
                     error,
                     attempts,
-                } => failed.execute(params![id, error, attempts, now]),
+                } => failed.execute(params![id, error, attempts, now, owner]),
                 JobUpdate::Delayed {
                     id,
                     not_before,
                     attempts,
-                } => delayed.execute(params![id, not_before, attempts, now]),
+                } => delayed.execute(params![id, not_before, attempts, now, owner]),
             }
             .map_err(unavailable)?;
         }
     }
     tx.commit().map_err(unavailable)
+}
+
+pub(super) fn renew_claims(conn: &Connection, owner: &str, lease_until: i64) -> StoreResult<u64> {
+    conn.prepare_cached(RENEW_CLAIMS)
+        .and_then(|mut st| st.execute(params![owner, lease_until]))
+        .map(|n| n as u64)
+        .map_err(unavailable)
+}
+
+pub(super) fn reclaim(conn: &Connection, now: i64) -> StoreResult<u64> {
+    conn.prepare_cached(RECLAIM)
+        .and_then(|mut st| st.execute([now]))
+        .map(|n| n as u64)
+        .map_err(unavailable)
+}
+
+pub(super) fn release_claims(conn: &Connection, owner: &str) -> StoreResult<u64> {
+    conn.prepare_cached(RELEASE_CLAIMS)
+        .and_then(|mut st| st.execute([owner]))
+        .map(|n| n as u64)
+        .map_err(unavailable)
+}
+
+pub(super) fn set_lane_paused(conn: &Connection, lane: Priority, paused: bool) -> StoreResult<()> {
+    conn.prepare_cached(SET_LANE)
+        .and_then(|mut st| st.execute(params![lane_index(lane), paused]))
+        .map(|_| ())
+        .map_err(unavailable)
+}
+
+pub(super) fn paused_lanes(conn: &Connection) -> StoreResult<Vec<Priority>> {
+    conn.prepare_cached(PAUSED_LANES)
+        .and_then(|mut st| {
+            st.query_map([], |r| r.get::<_, i64>(0))?
+                .map(|lane| lane.map(lane_from_index))
+                .collect()
+        })
+        .map_err(unavailable)
 }
 
 pub(super) fn get_job(conn: &Connection, id: &str) -> StoreResult<Option<JobRecord>> {
@@ -277,12 +348,9 @@ pub(super) fn queue_tail(
 }
 
 pub(super) fn requeue_active(conn: &Connection) -> StoreResult<u64> {
-    conn.execute(
-        "UPDATE jobs SET state = 'waiting', attempts = attempts + 1 WHERE state = 'active'",
-        [],
-    )
-    .map(|n| n as u64)
-    .map_err(unavailable)
+    conn.execute(REQUEUE_ACTIVE, [])
+        .map(|n| n as u64)
+        .map_err(unavailable)
 }
 
 pub(super) fn promote_due(conn: &Connection, now: i64) -> StoreResult<u64> {

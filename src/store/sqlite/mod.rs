@@ -1,9 +1,10 @@
 //! SQLite store: the embedded default backend of the actor crate's [`Store`] trait.
 //!
 //! It owns every durable table of the server; the queries live by concern in
-//! `directory.rs` (tenants, devices, contacts, groups), `inbox.rs` (messages and
-//! inboxes), `jobs.rs` (the queue) and `schema.rs` (tables and migrations); `stats.rs`
-//! serves `/admin/db/stats`.
+//! `directory.rs` (tenants, devices, contacts, groups), `inbox.rs` (messages, inboxes
+//! and their fences), `jobs.rs` (the queue and its lanes), `cluster.rs` (node leases and
+//! device ownership) and `schema.rs` (tables and migrations); `stats.rs` serves
+//! `/admin/db/stats`.
 //!
 //! Design:
 //! - **One writer connection** behind a mutex. SQLite allows one writer at a time
@@ -29,14 +30,15 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use actors::jobs::{JobRecord, JobUpdate, QueueCount, SharedBody};
 use actors::store::{
-    AcceptedSend, DayStats, DeviceRecord, GroupRecord, InboxRow, MessageCopy, RowResult,
-    StatusEntry, Store, StoreError, StoreResult, TenantRecord,
+    AcceptedSend, DayStats, DeviceRecord, GroupRecord, InboxRow, JobClaim, MessageCopy, NodeLoad,
+    NodeRecord, OwnerRecord, RowResult, StatusEntry, Store, StoreError, StoreResult, TenantRecord,
 };
 use async_trait::async_trait;
 use protocol::rest::Contact;
 use protocol::Priority;
 use rusqlite::{Connection, ErrorCode};
 
+mod cluster;
 mod directory;
 mod inbox;
 mod jobs;
@@ -302,6 +304,8 @@ impl Store for SqliteStore {
             tx.execute(inbox::DELETE_INBOX, [&id])
                 .map_err(unavailable)?;
             jobs::cancel_device_jobs(&tx, &id, now)?;
+            tx.execute(cluster::DELETE_OWNER, [&id])
+                .map_err(unavailable)?;
             tx.commit().map_err(unavailable)?;
             Ok(existed)
         })
@@ -496,14 +500,42 @@ impl Store for SqliteStore {
         now: i64,
         limit: usize,
         paused: &[Priority],
+        claim: &JobClaim,
     ) -> StoreResult<Vec<JobRecord>> {
         let paused = paused.to_vec();
-        self.write(move |c| jobs::claim(c, now, limit, &paused))
+        let claim = claim.clone();
+        self.write(move |c| jobs::claim(c, now, limit, &paused, &claim))
             .await
     }
 
-    async fn finish_jobs(&self, updates: Vec<JobUpdate>, now: i64) -> StoreResult<()> {
-        self.write(move |c| jobs::finish(c, &updates, now)).await
+    async fn finish_jobs(&self, updates: Vec<JobUpdate>, now: i64, owner: &str) -> StoreResult<()> {
+        let owner = owner.to_owned();
+        self.write(move |c| jobs::finish(c, &updates, now, &owner))
+            .await
+    }
+
+    async fn renew_job_claims(&self, owner: &str, lease_until: i64) -> StoreResult<u64> {
+        let owner = owner.to_owned();
+        self.write(move |c| jobs::renew_claims(c, &owner, lease_until))
+            .await
+    }
+
+    async fn reclaim_jobs(&self, now: i64) -> StoreResult<u64> {
+        self.write(move |c| jobs::reclaim(c, now)).await
+    }
+
+    async fn release_job_claims(&self, owner: &str) -> StoreResult<u64> {
+        let owner = owner.to_owned();
+        self.write(move |c| jobs::release_claims(c, &owner)).await
+    }
+
+    async fn set_lane_paused(&self, lane: Priority, paused: bool) -> StoreResult<()> {
+        self.write(move |c| jobs::set_lane_paused(c, lane, paused))
+            .await
+    }
+
+    async fn paused_lanes(&self) -> StoreResult<Vec<Priority>> {
+        self.read(jobs::paused_lanes).await
     }
 
     async fn set_job_progress(&self, id: &str, done: u64, now: i64) -> StoreResult<()> {
@@ -532,6 +564,66 @@ impl Store for SqliteStore {
 
     async fn lane_depths(&self) -> StoreResult<[u64; 4]> {
         self.read(jobs::lane_depths).await
+    }
+
+    async fn put_node(&self, node: NodeRecord) -> StoreResult<()> {
+        self.write(move |c| cluster::put_node(c, &node)).await
+    }
+
+    async fn renew_node(&self, id: &str, lease_until: i64, load: NodeLoad) -> StoreResult<bool> {
+        let id = id.to_owned();
+        self.write(move |c| cluster::renew_node(c, &id, lease_until, load))
+            .await
+    }
+
+    async fn list_nodes(&self) -> StoreResult<Vec<NodeRecord>> {
+        self.read(cluster::list_nodes).await
+    }
+
+    async fn remove_node(&self, id: &str) -> StoreResult<()> {
+        let id = id.to_owned();
+        self.write(move |c| cluster::remove_node(c, &id)).await
+    }
+
+    async fn get_owner(&self, device_id: &str) -> StoreResult<Option<OwnerRecord>> {
+        let device_id = device_id.to_owned();
+        self.read(move |c| cluster::get_owner(c, &device_id)).await
+    }
+
+    async fn claim_owner(
+        &self,
+        device_id: &str,
+        node: &str,
+        seen: Option<u64>,
+        now: i64,
+    ) -> StoreResult<Option<OwnerRecord>> {
+        let (device_id, node) = (device_id.to_owned(), node.to_owned());
+        self.write(move |c| cluster::claim_owner(c, &device_id, &node, seen, now))
+            .await
+    }
+
+    async fn release_owner(
+        &self,
+        device_id: &str,
+        node: &str,
+        epoch: u64,
+        now: i64,
+    ) -> StoreResult<bool> {
+        let (device_id, node) = (device_id.to_owned(), node.to_owned());
+        self.write(move |c| cluster::release_owner(c, &device_id, &node, epoch, now))
+            .await
+    }
+
+    async fn fence_inbox(
+        &self,
+        device_id: &str,
+        from: u64,
+        count: u64,
+        epoch: u64,
+    ) -> StoreResult<()> {
+        let device_id = device_id.to_owned();
+        self.write(move |c| inbox::fence_inbox(c, &device_id, from, count, epoch))
+            .await
     }
 }
 

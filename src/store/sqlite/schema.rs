@@ -5,13 +5,18 @@
 //!   pointing at a message, or a status of one (receipts); jobs may point at a shared
 //!   body; finished jobs are pruned, their counts kept in `job_totals`; groups carry a
 //!   version.
+//! - v3 (`docs/cluster.md`): every inbox row carries the fencing epoch of the session
+//!   that wrote it (0 on one node), and an inbox holds a message at most once
+//!   (`inbox_message_once`); a job claim has an owner and a lease; node leases
+//!   (`nodes`), device ownership (`owners`) and lane pauses (`lanes`) are tables.
 
-use rusqlite::Connection;
+use rusqlite::{Connection, ErrorCode};
 
 /// The schema version this code writes.
-pub const VERSION: i64 = 2;
+pub const VERSION: i64 = 3;
 
-/// Every table and index of v2, created idempotently.
+/// Every table and index of v3 but `inbox_message_once` ([`MESSAGE_ONCE`]), created
+/// idempotently.
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS tenants (
     id TEXT PRIMARY KEY,
@@ -61,6 +66,7 @@ CREATE TABLE IF NOT EXISTS inbox (
     by_addr TEXT,
     ts INTEGER NOT NULL,
     client_id TEXT,
+    epoch INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (device_id, seq)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS inbox_message ON inbox (message_id);
@@ -88,7 +94,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     updated_at INTEGER NOT NULL,
     progress_done INTEGER NOT NULL DEFAULT 0,
     progress_total INTEGER NOT NULL DEFAULT 0,
-    body_ref TEXT
+    body_ref TEXT,
+    owner TEXT,
+    lease_until INTEGER
 );
 CREATE INDEX IF NOT EXISTS jobs_waiting ON jobs (rank) WHERE state = 'waiting';
 CREATE INDEX IF NOT EXISTS jobs_delayed ON jobs (not_before) WHERE state = 'delayed';
@@ -98,6 +106,8 @@ CREATE INDEX IF NOT EXISTS jobs_device_pending ON jobs (device_id) WHERE state I
 CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (updated_at) WHERE state IN ('completed', 'failed', 'cancelled');
 CREATE INDEX IF NOT EXISTS jobs_body_ref ON jobs (body_ref) WHERE body_ref IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_device_created ON jobs (device_id, created_at);
+CREATE INDEX IF NOT EXISTS jobs_active_owner ON jobs (owner) WHERE state = 'active';
+CREATE INDEX IF NOT EXISTS jobs_active_lease ON jobs (lease_until) WHERE state = 'active';
 CREATE TABLE IF NOT EXISTS job_bodies (
     id TEXT PRIMARY KEY,
     tenant_id TEXT NOT NULL,
@@ -110,7 +120,34 @@ CREATE TABLE IF NOT EXISTS job_totals (
     count INTEGER NOT NULL,
     PRIMARY KEY (tenant_id, lane, state)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS lanes (
+    lane INTEGER PRIMARY KEY,
+    paused INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS nodes (
+    id TEXT PRIMARY KEY,
+    addr TEXT NOT NULL,
+    started_at INTEGER NOT NULL,
+    lease_until INTEGER NOT NULL,
+    draining INTEGER NOT NULL,
+    connections INTEGER NOT NULL,
+    sessions INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS owners (
+    device_id TEXT PRIMARY KEY,
+    node TEXT NOT NULL,
+    epoch INTEGER NOT NULL,
+    clean INTEGER NOT NULL,
+    since INTEGER NOT NULL
+);
 ";
+
+/// An inbox holds a message at most once (a redelivered row finds it already there).
+/// Created apart from [`SCHEMA`]: a database written before v3 may hold a message
+/// twice in one inbox, and then goes on without it (with a warning).
+const MESSAGE_ONCE: &str =
+    "CREATE UNIQUE INDEX IF NOT EXISTS inbox_message_once ON inbox (device_id, message_id) \
+     WHERE kind = 0";
 
 /// v1 → v2, first step: the old inbox moves aside (its indexes go, their names are
 /// reused by v2).
@@ -121,10 +158,13 @@ DROP INDEX IF EXISTS inbox_message;
 DROP INDEX IF EXISTS inbox_job_send;
 ";
 
-/// Columns v2 added to tables v1 had.
-const V2_COLUMNS: &[(&str, &str, &str)] = &[
+/// Columns v2 and v3 added to tables older versions had (added where missing).
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("groups", "version", "INTEGER NOT NULL DEFAULT 0"),
     ("jobs", "body_ref", "TEXT"),
+    ("inbox", "epoch", "INTEGER NOT NULL DEFAULT 0"),
+    ("jobs", "owner", "TEXT"),
+    ("jobs", "lease_until", "INTEGER"),
 ];
 
 /// Copies v1 inbox rows into v2 (run after [`SCHEMA`] created the v2 tables).
@@ -148,11 +188,32 @@ fn has_column(conn: &Connection, table: &str, column: &str) -> rusqlite::Result<
     Ok(names.iter().any(|n| n == column))
 }
 
+/// Creates [`MESSAGE_ONCE`] unless it exists; an inbox holding a message twice (a
+/// database from before v3) leaves it out, with a warning, and the rest goes on.
+fn ensure_message_once(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch("SAVEPOINT message_once")?;
+    match conn.execute_batch(MESSAGE_ONCE) {
+        Ok(()) => conn.execute_batch("RELEASE message_once"),
+        Err(e) if e.sqlite_error_code() == Some(ErrorCode::ConstraintViolation) => {
+            conn.execute_batch("ROLLBACK TO message_once; RELEASE message_once")?;
+            tracing::warn!(
+                error = %e,
+                "an inbox holds a message twice: going on without the unique index \
+                 inbox_message_once (a redelivered message may be stored twice)"
+            );
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Brings the database to [`VERSION`]: creates a new one, or migrates an older one.
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if version >= VERSION {
-        return conn.execute_batch(SCHEMA);
+        conn.execute_batch(SCHEMA)?;
+        ensure_message_once(conn)?;
+        return Ok(());
     }
     let tx = conn.transaction()?;
     let v1_inbox = has_column(&tx, "inbox", "body")?;
@@ -160,7 +221,7 @@ pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
         tracing::info!("migrating the database from schema v1 to v2");
         tx.execute_batch(V1_ASIDE)?;
     }
-    for (table, column, decl) in V2_COLUMNS {
+    for (table, column, decl) in ADDED_COLUMNS {
         let exists: bool = tx.query_row(
             "SELECT COUNT(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = ?1",
             [table],
@@ -174,8 +235,13 @@ pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
     if v1_inbox {
         tx.execute_batch(V1_COPY)?;
     }
+    ensure_message_once(&tx)?;
     tx.pragma_update(None, "user_version", VERSION)?;
-    tx.commit()
+    tx.commit()?;
+    if version > 0 {
+        tracing::info!(from = version, to = VERSION, "database schema migrated");
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ use super::{unavailable, SqliteStore};
 /// executes. (Inserts and upserts are not listed: they maintain every index of their
 /// table.)
 pub fn known_queries() -> Vec<(&'static str, String)> {
-    use super::{directory as d, inbox as i, jobs as j, reports as r};
+    use super::{cluster as c, directory as d, inbox as i, jobs as j, reports as r};
     [
         ("tenant_by_key_hash", d::TENANT_BY_KEY),
         ("list_tenants", d::LIST_TENANTS),
@@ -35,6 +35,7 @@ pub fn known_queries() -> Vec<(&'static str, String)> {
         ("delete_device", i::DELETE_ORPHAN_MESSAGES),
         ("delete_device", i::DELETE_INBOX),
         ("delete_device", j::CANCEL_DEVICE_JOBS),
+        ("delete_device", c::DELETE_OWNER),
         ("list_contacts", d::LIST_CONTACTS),
         ("get_group", d::GET_GROUP),
         ("last_seq", i::LAST_SEQ),
@@ -44,10 +45,21 @@ pub fn known_queries() -> Vec<(&'static str, String)> {
         ("statuses", i::STATUSES),
         ("recent_client_ids", i::RECENT_CLIENT_IDS),
         ("sends_by_client_id", i::SENDS_BY_CLIENT_ID),
+        ("commit_rows", i::INTO_FENCE),
+        ("fence_inbox", i::FENCE_STALE),
         ("get_job", j::GET_JOB),
         ("job_body", j::JOB_BODY),
         ("queue_tail", j::QUEUE_TAIL),
         ("promote_due_jobs", j::PROMOTE_DUE),
+        ("requeue_active_jobs", j::REQUEUE_ACTIVE),
+        ("claim_jobs", j::CLAIM_ONE),
+        ("finish_jobs", j::FINISH_COMPLETED),
+        ("finish_jobs", j::FINISH_FAILED),
+        ("finish_jobs", j::FINISH_DELAYED),
+        ("renew_job_claims", j::RENEW_CLAIMS),
+        ("reclaim_jobs", j::RECLAIM),
+        ("release_job_claims", j::RELEASE_CLAIMS),
+        ("paused_lanes", j::PAUSED_LANES),
         ("lane_depths", j::LANE_DEPTHS),
         ("queue_counts", j::COUNTS),
         ("queue_counts", j::TOTALS),
@@ -57,6 +69,12 @@ pub fn known_queries() -> Vec<(&'static str, String)> {
         ("message_stats", r::SENT_PER_DAY),
         ("message_stats", r::STATUSES_PER_DAY),
         ("message_stats", r::JOBS_PER_DAY),
+        ("renew_node", c::RENEW_NODE),
+        ("list_nodes", c::LIST_NODES),
+        ("remove_node", c::REMOVE_NODE),
+        ("get_owner", c::GET_OWNER),
+        ("claim_owner", c::CLAIM_OWNER),
+        ("release_owner", c::RELEASE_OWNER),
     ]
     .into_iter()
     .map(|(op, sql)| (op, sql.to_owned()))

@@ -1,0 +1,99 @@
+//! The background work of a cluster node: the heartbeat (lease, registry, job claim
+//! leases, dead nodes' jobs), noticing nodes that died, and the rejoin after a lapse.
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use protocol::error::close;
+
+use super::Beat;
+use crate::clock::now_ms;
+use crate::device::DeviceMsg;
+use crate::store::NodeLoad;
+use crate::Env;
+
+/// Heartbeats between two passes taking back dead nodes' jobs.
+const RECLAIM_EVERY: u32 = 5;
+
+/// Starts the node's background work (until the environment is dropped).
+pub fn spawn(env: &Arc<Env>) {
+    let Some(cluster) = env.cluster.clone() else {
+        return;
+    };
+    let weak = Arc::downgrade(env);
+    let every = cluster.settings.heartbeat;
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut alive: HashSet<String> = HashSet::new();
+        let mut beats: u32 = 0;
+        loop {
+            tick.tick().await;
+            let Some(env) = weak.upgrade() else {
+                return;
+            };
+            beats = beats.wrapping_add(1);
+            let load = NodeLoad {
+                connections: env.stats.connections.load(Ordering::Relaxed),
+                sessions: env.directory.running_count() as u64,
+                draining: env.stats.draining.load(Ordering::Relaxed),
+            };
+            if cluster.membership.beat(load).await == Beat::Lapsed {
+                rejoin(&env);
+            }
+            if cluster.membership.refresh().await.is_ok() {
+                let now: HashSet<String> = cluster
+                    .membership
+                    .nodes()
+                    .into_iter()
+                    .filter(|n| cluster.membership.alive(&n.id))
+                    .map(|n| n.id)
+                    .collect();
+                for gone in alive.difference(&now) {
+                    tracing::warn!(node = %gone, "node gone (its lease ran out)");
+                    cluster.node_gone(gone);
+                }
+                alive = now;
+            }
+            let lease = i64::try_from(env.settings.job_lease.as_millis()).unwrap_or(i64::MAX / 4);
+            if let Err(e) = env
+                .store
+                .renew_job_claims(cluster.me(), now_ms() + lease)
+                .await
+            {
+                tracing::warn!(error = %e, "could not renew job claims");
+            }
+            if beats.is_multiple_of(RECLAIM_EVERY) {
+                let skew = i64::try_from(cluster.settings.skew.as_millis()).unwrap_or(0);
+                match env.store.reclaim_jobs(now_ms() - skew).await {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        tracing::warn!(jobs = n, "jobs of dead nodes put back in the queue");
+                        env.dispatcher.wake();
+                    }
+                    Err(e) => tracing::warn!(error = %e, "could not reclaim jobs"),
+                }
+            }
+        }
+    });
+}
+
+/// The lease lapsed: this node may no longer own anything it held. Every connection is
+/// closed (1012, clients reconnect), every session stops without releasing its device,
+/// and ownership is learned again.
+pub fn rejoin(env: &Arc<Env>) {
+    let Some(cluster) = &env.cluster else {
+        return;
+    };
+    cluster.ownership.forget_all();
+    cluster.conns.close_all(close::RESTARTING);
+    let stopped = env.directory.stop_all(|s| {
+        let _ = s.cast(DeviceMsg::Kick(close::RESTARTING));
+        s.stop(Some("node rejoined".into()));
+    });
+    tracing::warn!(
+        sessions = stopped,
+        "rejoined: sessions stopped, connections closed"
+    );
+}
