@@ -57,13 +57,17 @@ pub enum StartError {
 
 /// The store the configuration names: MongoDB when `MONGODB_URI` is set, else the
 /// embedded SQLite file in the data directory.
-async fn open_store(config: &Config) -> Result<(Arc<dyn Store>, Arc<dyn StoreAdmin>), StartError> {
+/// The store of the configuration, as the server uses it, and the MongoDB store itself
+/// when it is one (for what only MongoDB deployments need: secrets shared by nodes).
+type OpenStore = (Arc<dyn Store>, Arc<dyn StoreAdmin>, Option<Arc<MongoStore>>);
+
+async fn open_store(config: &Config) -> Result<OpenStore, StartError> {
     match config.mongodb_uri.as_ref().filter(|u| !u.is_empty()) {
         Some(uri) => {
             let settings = config.mongo_settings(uri);
             tracing::info!(uri = %redacted_uri(uri), "store: MongoDB");
             let mongo = Arc::new(MongoStore::connect(settings).await?);
-            Ok((mongo.clone(), mongo))
+            Ok((mongo.clone(), mongo.clone(), Some(mongo)))
         }
         None => {
             let full_sync = config.sqlite_synchronous.eq_ignore_ascii_case("full");
@@ -71,7 +75,7 @@ async fn open_store(config: &Config) -> Result<(Arc<dyn Store>, Arc<dyn StoreAdm
                 &config.data_dir.join("switchboard.db"),
                 full_sync,
             )?);
-            Ok((sqlite.clone(), sqlite))
+            Ok((sqlite.clone(), sqlite, None))
         }
     }
 }
@@ -81,15 +85,23 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     // Before the actor environment exists, so its metric handles reach the recorder.
     crate::metrics::install();
     std::fs::create_dir_all(&config.data_dir)?;
-    let (admin_token, admin_token_generated) = match &config.admin_token {
-        Some(t) if !t.is_empty() => (t.clone(), false),
-        _ => load_or_create(&config.data_dir, "admin_token")?,
+    let (base, store_admin, mongo) = open_store(&config).await?;
+    // Unset secrets are generated once: in the data directory on the embedded store, in
+    // the database on MongoDB (so every node of a deployment accepts the same tokens).
+    let secret = |name: &'static str, configured: &Option<String>| {
+        let mongo = mongo.clone();
+        let configured = configured.clone().filter(|s| !s.is_empty());
+        let dir = config.data_dir.clone();
+        async move {
+            match (configured, mongo) {
+                (Some(s), _) => Ok::<_, StartError>((s, false)),
+                (None, Some(m)) => Ok(m.shared_secret(name, credentials::random_secret).await?),
+                (None, None) => Ok(load_or_create(&dir, name)?),
+            }
+        }
     };
-    let jwt_secret = match &config.jwt_secret {
-        Some(s) if !s.is_empty() => s.clone(),
-        _ => load_or_create(&config.data_dir, "jwt_secret")?.0,
-    };
-    let (base, store_admin) = open_store(&config).await?;
+    let (admin_token, admin_token_generated) = secret("admin_token", &config.admin_token).await?;
+    let (jwt_secret, _) = secret("jwt_secret", &config.jwt_secret).await?;
     let timing = Arc::new(Timing::new(Duration::from_millis(config.slow_query_ms)));
     // Tests may inject store faults; production runs the store as it is.
     let store_faults = config.test_hooks.then(|| Arc::new(Faults::default()));
@@ -115,7 +127,12 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         crate::cluster::Mode::SoloOnMongo(m) => (None, None, Some(m)),
         crate::cluster::Mode::Cluster(c, client) => (Some(c), Some(client), None),
     };
-    let env = Env::new(store, cache, settings, config.test_hooks, cluster);
+    // In a cluster the rate budgets are shared in Redis (docs/cluster.md).
+    let budgets = bus_client
+        .as_ref()
+        .map(|c| crate::cluster::budgets::connect(c, &config.redis_prefix));
+    let budgets = budgets.transpose().map_err(StartError::Config)?;
+    let env = Env::new(store, cache, settings, config.test_hooks, cluster, budgets);
     if let Some(client) = bus_client {
         crate::cluster::redis::spawn_receiver(
             client,

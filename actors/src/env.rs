@@ -6,6 +6,7 @@ use crate::cache::Cache;
 use crate::cluster::Cluster;
 use crate::directory::Directory;
 use crate::dispatcher::DispatcherHandle;
+use crate::limits::shared::ClusterBudgets;
 use crate::limits::SharedLimits;
 use crate::persistence::PersistencePool;
 use crate::settings::Settings;
@@ -30,8 +31,11 @@ pub struct Env {
     pub test_hooks: bool,
     /// Faults the tests inject (only read when `test_hooks` is on).
     pub faults: TestFaults,
-    /// Tenant and global rate budgets.
+    /// Tenant and global rate budgets of this process.
     pub limits: SharedLimits,
+    /// Device, tenant and global budgets shared by every node of a cluster, taken
+    /// after the in-process ones (`None` on one node: sends never wait for them).
+    pub shared_budgets: Option<ClusterBudgets>,
     /// The running queue dispatcher, to wake it on enqueue.
     pub dispatcher: DispatcherHandle,
     /// This node's part in a cluster (`None` on one node: everything is local).
@@ -46,6 +50,7 @@ impl Env {
         settings: Settings,
         test_hooks: bool,
         cluster: Option<Arc<Cluster>>,
+        shared_budgets: Option<ClusterBudgets>,
     ) -> Arc<Env> {
         Arc::new_cyclic(|me| Env {
             directory: Directory::new(store.clone(), cache.clone(), me.clone()),
@@ -56,6 +61,7 @@ impl Env {
                 settings.tenant_rate_per_minute,
                 settings.global_rate_per_minute,
             ),
+            shared_budgets,
             dispatcher: DispatcherHandle::default(),
             store,
             settings,

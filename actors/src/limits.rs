@@ -4,6 +4,11 @@
 //! A budget of N per minute is a bucket holding up to N tokens, refilled continuously
 //! at N per minute. Buckets support `refund` so a send refused by a later tier does
 //! not burn the budgets of the tiers checked before it.
+//!
+//! These are the budgets of one process. In a cluster the device, tenant and global
+//! budgets are also taken from a store shared by every node ([`shared`]), after these.
+
+pub mod shared;
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -148,9 +153,11 @@ impl SlidingWindow {
     }
 }
 
-/// Which shared budget refused a send.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which budget refused a send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Scope {
+    /// The device's budget for the send's priority tier.
+    Device,
     /// The tenant's budget.
     Tenant,
     /// The server-wide budget.
@@ -205,6 +212,19 @@ impl SharedLimits {
             }
         }
         Ok(())
+    }
+
+    /// Gives back `n` tokens taken by a successful [`SharedLimits::acquire`] (a send a
+    /// later budget refused).
+    pub fn refund(&self, tenant_id: &str, n: u32) {
+        if self.tenant_rate > 0 {
+            if let Some(mut b) = self.tenants.get_mut(tenant_id) {
+                b.refund(n);
+            }
+        }
+        if let Some(global) = &self.global {
+            global.lock().unwrap_or_else(|p| p.into_inner()).refund(n);
+        }
     }
 }
 
@@ -313,5 +333,11 @@ mod tests {
         assert!(l2.acquire("t", 1).is_ok());
         assert_eq!(l2.acquire("t", 1).map_err(|e| e.0), Err(Scope::Tenant));
         assert!(l2.acquire("u", 2).is_ok());
+        // A later refusal gives back both.
+        let l3 = SharedLimits::new(1, 1);
+        assert!(l3.acquire("t", 1).is_ok());
+        assert_eq!(l3.acquire("t", 1).map_err(|e| e.0), Err(Scope::Tenant));
+        l3.refund("t", 1);
+        assert!(l3.acquire("t", 1).is_ok());
     }
 }

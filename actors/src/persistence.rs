@@ -257,6 +257,7 @@ async fn commit(state: &mut WriterState) {
     }
     let stats = &state.args.stats;
     stats.backlog.store(0, Ordering::Relaxed);
+    let result_was_ok = result.is_ok();
     let outcomes: Vec<RowResult> = match result {
         Ok(outcomes) if outcomes.len() == rows.len() => outcomes,
         Ok(outcomes) => {
@@ -273,10 +274,15 @@ async fn commit(state: &mut WriterState) {
         }
     };
     let written = outcomes.iter().filter(|o| o.is_ok()).count() as u64;
+    let mut first_refused = None;
     for (row, outcome) in rows.iter().zip(&outcomes) {
-        if outcome.is_err() {
+        if let Err(e) = outcome {
             state.fenced.insert(row.device_id.clone());
+            first_refused.get_or_insert((row, e));
         }
+    }
+    if let (Some((row, e)), true) = (first_refused, result_was_ok) {
+        tracing::warn!(device_id = %row.device_id, seq = row.seq, error = %e, "the store refused a row");
     }
     if written > 0 {
         stats.batches.fetch_add(1, Ordering::Relaxed);

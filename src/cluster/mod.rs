@@ -3,6 +3,7 @@
 //! checks that no other is alive on the same database; on the embedded store it is
 //! alone and none of this runs.
 
+pub mod budgets;
 pub mod redis;
 
 use std::sync::Arc;

@@ -8,6 +8,7 @@
 //! index, index creation at connect, statistics, error mapping.
 #![allow(clippy::unwrap_used)]
 
+mod budgets;
 mod cluster;
 mod directory;
 mod harness;

@@ -22,6 +22,7 @@ mod recovery;
 mod resilience;
 mod rest;
 mod security;
+mod shared_budgets;
 mod smoke;
 mod stats;
 mod supervision;

@@ -101,9 +101,10 @@ pub enum Request {
     },
 }
 
-/// The answer to a [`Request`].
+/// The answer to a [`Request`] (tagged next to its content: several answers are a
+/// bare value, which an internally tagged enum cannot carry).
 #[derive(Debug, Serialize, Deserialize)]
-#[serde(tag = "a", rename_all = "snake_case")]
+#[serde(tag = "a", content = "v", rename_all = "snake_case")]
 pub enum Response {
     /// A delivered row's outcome.
     Row(WireOutcome),
@@ -469,6 +470,52 @@ mod tests {
             Envelope::Reply {
                 call: 3,
                 resp: Response::Row(WireOutcome::Committed)
+            }
+        ));
+    }
+
+    #[test]
+    fn every_answer_survives_the_wire() {
+        let answers = vec![
+            Response::Row(WireOutcome::Failed),
+            Response::Stored(true),
+            Response::Sent(Err(WireError {
+                code: ErrorCode::Unavailable,
+                message: "away".into(),
+                retry_after_ms: Some(5),
+            })),
+            Response::Attached(Ok(42)),
+            Response::Info(None),
+            Response::Done,
+            Response::NotOwner,
+        ];
+        let n = answers.len();
+        let batch = Batch {
+            from: "n_a".into(),
+            items: answers
+                .into_iter()
+                .enumerate()
+                .map(|(i, resp)| Envelope::Reply {
+                    call: i as u64,
+                    resp,
+                })
+                .collect(),
+        };
+        let text = serde_json::to_string(&batch).unwrap();
+        let back: Batch = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.items.len(), n);
+        assert!(matches!(
+            back.items[1],
+            Envelope::Reply {
+                resp: Response::Stored(true),
+                ..
+            }
+        ));
+        assert!(matches!(
+            back.items[3],
+            Envelope::Reply {
+                resp: Response::Attached(Ok(42)),
+                ..
             }
         ));
     }

@@ -174,6 +174,7 @@ pub fn forward(env: &Arc<Env>, cluster: &Arc<Cluster>, node: &str, device: &str,
         | DeviceMsg::Committed(_)
         | DeviceMsg::Resend(_)
         | DeviceMsg::IdleCheck
+        | DeviceMsg::Resync
         | DeviceMsg::FlushOutbound
         | DeviceMsg::MailboxProbe(..) => {
             tracing::debug!(%device, "a session-internal message was not forwarded");

@@ -116,15 +116,17 @@ impl Ownership {
         Ok(Locate::Here)
     }
 
-    /// Claims `device` for this node (a session starting). The caller has already let
-    /// every row this node queued for the device settle, so a record of this node needs
-    /// no fence.
+    /// Claims `device` for this node (a session starting). A record that was not
+    /// released needs fences, even one of this node: the caller has let every row this
+    /// node queued for the device settle, but an earlier session here may have fenced
+    /// the inbox after a takeover and stopped before filling its fences.
     pub async fn claim(&self, device: &str) -> StoreResult<Claim> {
         for _ in 0..CLAIM_TRIES {
             let record = self.store.get_owner(device).await?;
             let (seen, unclean) = match &record {
                 None => (None, false),
-                Some(r) if r.node == self.me() || r.clean => (Some(r.epoch), false),
+                Some(r) if r.clean => (Some(r.epoch), false),
+                Some(r) if r.node == self.me() => (Some(r.epoch), true),
                 Some(r) if self.membership.alive_fresh(&r.node).await => {
                     self.note(device, &r.node);
                     return Ok(Claim::Elsewhere(r.node.clone()));
@@ -137,8 +139,11 @@ impl Ownership {
                 .await?
             {
                 self.note(device, self.me());
-                if unclean {
-                    tracing::info!(device_id = device, epoch = new.epoch, previous = ?record.map(|r| r.node), "device taken over from a dead node");
+                match record {
+                    Some(r) if unclean && r.node != self.me() => {
+                        tracing::info!(device_id = device, epoch = new.epoch, previous = %r.node, "device taken over from a dead node");
+                    }
+                    _ => {}
                 }
                 return Ok(Claim::Owned {
                     epoch: new.epoch,

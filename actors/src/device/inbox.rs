@@ -272,14 +272,38 @@ impl DeviceState {
         }
     }
 
-    /// Every row is settled after a failed commit: go on from the durable seq.
+    /// Every row is settled after a failed commit: go on from the durable seq, as the
+    /// store has it (a commit reported failed may have landed after all, e.g. when the
+    /// store went away before answering; its seq is then taken, and its sender, told
+    /// it failed, delivers it again and finds it there). Until the store answers, the
+    /// resync stays on and is tried again.
     async fn finish_resync(&mut self) {
+        let stored = match self.env.store.last_seq(&self.device.id).await {
+            Ok(seq) => seq,
+            Err(e) => {
+                tracing::debug!(device_id = %self.device.id, error = %e, "resync: the durable seq could not be read; trying again");
+                self.me
+                    .send_after(std::time::Duration::from_millis(200), || DeviceMsg::Resync);
+                return;
+            }
+        };
         self.env.persistence.reset(&self.device.id).await;
+        if stored > self.inbox.durable_seq {
+            tracing::info!(device_id = %self.device.id, durable_seq = self.inbox.durable_seq, stored, "a commit reported failed had landed");
+            self.inbox.durable_seq = stored;
+        }
         self.inbox.next_seq = self.inbox.durable_seq + 1;
         self.inbox.senders.clear();
         self.statuses.clear();
         self.inbox.resyncing = false;
         tracing::info!(device_id = %self.device.id, durable_seq = self.inbox.durable_seq, "inbox resynced");
+    }
+
+    /// A resync waiting for the store: finish it once nothing is in flight.
+    pub(super) async fn retry_resync(&mut self) {
+        if self.inbox.resyncing && self.inbox.in_flight == 0 {
+            self.finish_resync().await;
+        }
     }
 
     /// Whether new work must wait for a resync.

@@ -189,6 +189,8 @@ pub enum DeviceMsg {
     Info(RpcReplyPort<SessionInfo>),
     /// Periodic: stop when idle long enough.
     IdleCheck,
+    /// Try again to finish a resync whose read of the durable seq failed.
+    Resync,
     /// Move frames waiting behind full connection channels; cut off stalled readers.
     FlushOutbound,
     /// Test hook: panic inside the session (only when test hooks are enabled).
@@ -447,6 +449,7 @@ impl DeviceSession {
                     node: state.env.settings.node_id.clone(),
                 });
             }
+            DeviceMsg::Resync => state.retry_resync().await,
             DeviceMsg::IdleCheck => {
                 if state.quiescent()
                     && state.idle_since.elapsed() >= state.env.settings.session_idle

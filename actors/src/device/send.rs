@@ -6,7 +6,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use protocol::rest::MessageAccepted;
 use protocol::{ErrorCode, Priority, Target};
@@ -19,6 +19,7 @@ use super::{
 };
 use crate::clock::now_ms;
 use crate::directory::RouteError;
+use crate::limits::shared::{Grant, Window};
 use crate::limits::{Scope, TokenBucket};
 use crate::stats::Stats;
 use crate::store::{MessageRecord, RowKind};
@@ -75,7 +76,7 @@ impl DeviceState {
             }
         };
         let cost = u32::try_from(recipients.len().max(1)).unwrap_or(u32::MAX);
-        if let Err(e) = self.take_budgets(req.priority, &req.target, cost) {
+        if let Err(e) = self.take_budgets(req.priority, &req.target, cost).await {
             Stats::inc(&self.env.stats.rate_limited);
             self.respond(responder, client_id.as_deref(), Err(e));
             return;
@@ -362,21 +363,19 @@ impl DeviceState {
     }
 
     /// Takes `cost` units from every budget of a send, or from none: the device tier,
-    /// the device→recipient pair (when on), the tenant and the global one.
-    fn take_budgets(
+    /// the device→recipient pair (when on), the tenant and the global one. In a
+    /// cluster the device, tenant and global windows shared by every node are taken
+    /// after the in-process budgets (one store call); if they refuse, the in-process
+    /// ones are given back, and if the store does not answer (bounded), the in-process
+    /// verdict stands. The pair budget stays in the session: a device has one owner.
+    async fn take_budgets(
         &mut self,
         priority: Priority,
         target: &Target,
         cost: u32,
     ) -> Result<(), SendError> {
-        let metrics = &self.env.stats.metrics;
         if let Err(wait) = self.limiter.check(priority, cost) {
-            metrics.rate_limited_device.increment(1);
-            let tier = format!("{priority:?}").to_lowercase();
-            return Err(SendError::rate_limited(
-                &format!("{tier} budget for this device"),
-                wait,
-            ));
+            return Err(self.refusal(Scope::Device, priority, wait));
         }
         let pair_rate = self.env.settings.pair_rate_per_minute;
         let pair_key = match target {
@@ -396,27 +395,85 @@ impl DeviceState {
             };
             if let Err(wait) = bucket.try_take(1) {
                 self.limiter.refund(priority);
-                metrics.rate_limited_device.increment(1);
+                self.env.stats.metrics.rate_limited_device.increment(1);
                 return Err(SendError::rate_limited("per-recipient budget", wait));
             }
         }
         if let Err((scope, wait)) = self.env.limits.acquire(&self.device.tenant_id, cost) {
-            self.limiter.refund(priority);
-            if let Some(b) = pair_key.and_then(|to| self.pairs.get_mut(to)) {
-                b.refund(1);
+            self.refund_device(priority, pair_key);
+            return Err(self.refusal(scope, priority, wait));
+        }
+        if let Some(shared) = &self.env.shared_budgets {
+            let settings = &self.env.settings;
+            let device_key = format!("{}:{}", self.device.id, tier_name(priority));
+            let mut windows = [Window {
+                scope: Scope::Device,
+                key: &device_key,
+                per_minute: settings.rate_per_minute[priority.index()],
+            }; 3];
+            let mut n = 1;
+            for (scope, key, per_minute) in [
+                (
+                    Scope::Tenant,
+                    self.device.tenant_id.as_str(),
+                    settings.tenant_rate_per_minute,
+                ),
+                (Scope::Global, "all", settings.global_rate_per_minute),
+            ] {
+                // 0 is unlimited for these two.
+                if per_minute > 0 {
+                    windows[n] = Window {
+                        scope,
+                        key,
+                        per_minute,
+                    };
+                    n += 1;
+                }
             }
-            let what = match scope {
-                Scope::Tenant => {
-                    metrics.rate_limited_tenant.increment(1);
-                    "tenant budget"
-                }
-                Scope::Global => {
-                    metrics.rate_limited_global.increment(1);
-                    "server-wide budget"
-                }
-            };
-            return Err(SendError::rate_limited(what, wait));
+            if let Some(Grant::Refused { scope, wait }) = shared.take(&windows[..n], cost).await {
+                self.env.limits.refund(&self.device.tenant_id, cost);
+                self.refund_device(priority, pair_key);
+                return Err(self.refusal(scope, priority, wait));
+            }
         }
         Ok(())
+    }
+
+    /// Gives back what a refused send took from the session's own budgets.
+    fn refund_device(&mut self, priority: Priority, pair_key: Option<&str>) {
+        self.limiter.refund(priority);
+        if let Some(b) = pair_key.and_then(|to| self.pairs.get_mut(to)) {
+            b.refund(1);
+        }
+    }
+
+    /// The answer to a send `scope`'s budget refused (counted).
+    fn refusal(&self, scope: Scope, priority: Priority, wait: Duration) -> SendError {
+        let metrics = &self.env.stats.metrics;
+        match scope {
+            Scope::Device => {
+                metrics.rate_limited_device.increment(1);
+                let what = format!("{} budget for this device", tier_name(priority));
+                SendError::rate_limited(&what, wait)
+            }
+            Scope::Tenant => {
+                metrics.rate_limited_tenant.increment(1);
+                SendError::rate_limited("tenant budget", wait)
+            }
+            Scope::Global => {
+                metrics.rate_limited_global.increment(1);
+                SendError::rate_limited("server-wide budget", wait)
+            }
+        }
+    }
+}
+
+/// A tier's name in refusals and shared budget keys.
+fn tier_name(priority: Priority) -> &'static str {
+    match priority {
+        Priority::Critical => "critical",
+        Priority::High => "high",
+        Priority::Normal => "normal",
+        Priority::Low => "low",
     }
 }

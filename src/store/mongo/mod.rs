@@ -107,6 +107,9 @@ pub(crate) mod coll {
     pub const NODES: &str = "nodes";
     /// Which node owns each device's session, with the fencing epoch.
     pub const OWNERS: &str = "owners";
+    /// Secrets every node of a deployment must share (the device-token signing
+    /// secret, a generated admin token), by name. Not in the statistics.
+    pub const SECRETS: &str = "secrets";
     /// Every collection, for the statistics.
     pub const ALL: [&str; 12] = [
         TENANTS, DEVICES, CONTACTS, GROUPS, MESSAGES, INBOX, JOBS, JOB_BODIES, JOB_TOTALS, LANES,
@@ -320,6 +323,38 @@ impl MongoStore {
         }
         tracing::info!(uri = %shown, database, auto_index = settings.auto_index, "MongoDB store connected");
         Ok(store)
+    }
+
+    /// The secret `name` every node on this database shares: the stored one, or
+    /// `make()` stored now if there is none (the first node to start wins a race; the
+    /// others read its value). Answers it and whether this call created it.
+    pub async fn shared_secret(
+        &self,
+        name: &str,
+        make: impl FnOnce() -> String,
+    ) -> StoreResult<(String, bool)> {
+        let secrets = self.inner.db.collection::<Document>(coll::SECRETS);
+        let read = || async {
+            let found = secrets
+                .find_one(doc! { "_id": name })
+                .await
+                .map_err(map_err)?;
+            Ok::<_, StoreError>(found.and_then(|d| d.get_str("value").ok().map(str::to_owned)))
+        };
+        if let Some(value) = read().await? {
+            return Ok((value, false));
+        }
+        let value = make();
+        match secrets
+            .insert_one(doc! { "_id": name, "value": &value })
+            .await
+        {
+            Ok(_) => Ok((value, true)),
+            Err(e) if is_duplicate(&e) => read().await?.map(|v| (v, false)).ok_or_else(|| {
+                StoreError::Unavailable(format!("secret {name} vanished while it was read"))
+            }),
+            Err(e) => Err(map_err(e)),
+        }
     }
 
     /// The database this store uses.
