@@ -151,6 +151,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         root: tree.root,
         ip_limits: crate::ws::guard::IpLimits::new(&config),
         node_id,
+        advertised,
+        started_at_ms: actors::clock::now_ms(),
         solo_membership,
         store_faults,
         store_admin,

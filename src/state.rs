@@ -22,6 +22,10 @@ pub struct AppState {
     pub timing: Arc<crate::store::timed::Timing>,
     /// This node's id (random per process; names it in cache invalidations).
     pub node_id: String,
+    /// Where this node's HTTP API is reachable (`advertise_url`, or the bound address).
+    pub advertised: String,
+    /// When this process started (Unix ms).
+    pub started_at_ms: i64,
     /// The node's registration when it is the only node on a MongoDB database (in a
     /// cluster it is `env.cluster`).
     pub solo_membership: Option<Arc<actors::cluster::Membership>>,

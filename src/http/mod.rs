@@ -1,6 +1,7 @@
 //! REST handlers. Each handler's doc comment starts with its route.
 
 pub mod admin;
+pub mod admin_cluster;
 pub mod admin_ops;
 pub mod body;
 pub mod cors;
@@ -47,6 +48,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(queues::resume_lane)
         .service(stats::message_stats)
         .service(ops::health)
+        .service(admin_cluster::cluster_view)
+        .service(admin_cluster::device_owner)
         .service(admin_ops::cache_stats)
         .service(admin_ops::clear_cache_kind)
         .service(admin_ops::clear_cache_entry)

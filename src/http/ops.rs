@@ -42,6 +42,8 @@ use crate::state::AppState;
         super::queues::resume_lane,
         super::stats::message_stats,
         health,
+        super::admin_cluster::cluster_view,
+        super::admin_cluster::device_owner,
         super::admin_ops::cache_stats,
         super::admin_ops::clear_cache_kind,
         super::admin_ops::clear_cache_entry,

@@ -11,3 +11,4 @@ mod faults;
 mod harness;
 mod load;
 mod messaging;
+mod queue;

@@ -125,3 +125,50 @@ async fn group_messages_reach_members_on_every_node() {
         assert_eq!(m["group"], group.as_str());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_view_shows_every_node_and_each_devices_owner() {
+    let cluster = Cluster::start(2).await;
+    let t = cluster.tenant().await;
+    let a = t.device().await;
+    let _wa = cluster.connect(&t, &a, 1).await;
+    let view = cluster.view(0).await;
+    assert_eq!(view["mode"], "cluster", "{view}");
+    let nodes = view["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 2, "{view}");
+    assert!(nodes.iter().all(|n| n["alive"] == true), "{view}");
+    let ids: Vec<&str> = nodes.iter().map(|n| n["id"].as_str().unwrap()).collect();
+    let one = cluster.view(1).await;
+    let node1 = one["node"].as_str().unwrap().to_owned();
+    assert!(ids.contains(&node1.as_str()), "{view}");
+    let (s, owner) = crate::common::call(
+        &cluster.http,
+        &cluster.node(0).base,
+        "GET",
+        &format!("/admin/cluster/devices/{}", a.id),
+        Some(crate::harness::ADMIN),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{owner}");
+    assert_eq!(owner["node"], node1.as_str(), "{owner}");
+    assert_eq!(owner["node_alive"], true);
+    assert_eq!(owner["running_here"], false);
+    // Its connection shows on node 1 within a heartbeat.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let v = cluster.view(0).await;
+        let n1 = v["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["id"] == node1.as_str())
+            .cloned()
+            .unwrap();
+        if n1["connections"] == 1 && n1["sessions"].as_u64().unwrap() >= 1 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{v}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}

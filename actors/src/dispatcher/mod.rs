@@ -349,11 +349,9 @@ impl DispatcherState {
             return;
         }
         if self.env.cluster.is_some() && self.last_lanes.elapsed() >= LANES_EVERY {
-            // Another node may have paused or resumed a lane.
+            // Another node may have resumed a lane (or queued jobs): look again.
             self.last_lanes = Instant::now();
-            if let Ok(paused) = self.env.store.paused_lanes().await {
-                self.env.dispatcher.set_paused(&paused);
-            }
+            self.maybe_waiting = true;
         }
         let now = now_ms();
         let promoted = self.env.store.promote_due_jobs(now).await;
@@ -370,6 +368,15 @@ impl DispatcherState {
             .saturating_sub(self.inflight);
         if !self.maybe_waiting || free == 0 {
             return;
+        }
+        if self.env.cluster.is_some() {
+            // Another node may have paused a lane a moment ago: read them before every
+            // claim (a table of four rows), so a pause holds cluster-wide at once.
+            let read = self.env.store.paused_lanes().await;
+            let Some(paused) = self.store_ok("paused lanes", read) else {
+                return;
+            };
+            self.env.dispatcher.set_paused(&paused);
         }
         let paused = self.env.dispatcher.paused_lanes();
         if paused.len() == Priority::ALL.len() {
