@@ -145,6 +145,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let tree = actors::root::start(env.clone())
         .await
         .map_err(|e| StartError::Actors(e.to_string()))?;
+    if let Some(cluster) = &env.cluster {
+        let _ = cluster.root.set(tree.root.clone());
+    }
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let state = Arc::new(AppState {
         env,

@@ -171,23 +171,35 @@ pub async fn events(
         .streaming(stream)
 }
 
-async fn running_session(
-    state: &AppState,
-    device_id: &str,
-) -> Result<(String, ractor::ActorRef<DeviceMsg>), ApiError> {
+/// Where a device's running session is.
+enum Session {
+    /// On this node.
+    Here(ractor::ActorRef<DeviceMsg>),
+    /// On this other live node of the cluster.
+    There(String),
+}
+
+async fn running_session(state: &AppState, device_id: &str) -> Result<(String, Session), ApiError> {
     let device = state
         .env
         .store
         .get_device(device_id)
         .await?
         .ok_or_else(|| ApiError::not_found("no such device"))?;
-    let session = state.env.directory.running(device_id).ok_or_else(|| {
-        ApiError::new(
-            protocol::ErrorCode::Conflict,
-            "the device has no running session (no client connected)",
-        )
-    })?;
-    Ok((device.tenant_id, session))
+    if let Some(session) = state.env.directory.running(device_id) {
+        return Ok((device.tenant_id, Session::Here(session)));
+    }
+    if let Some(cluster) = &state.env.cluster {
+        if let Some(owner) = state.env.store.get_owner(device_id).await? {
+            if !owner.clean && owner.node != cluster.me() && cluster.membership.alive(&owner.node) {
+                return Ok((device.tenant_id, Session::There(owner.node)));
+            }
+        }
+    }
+    Err(ApiError::new(
+        protocol::ErrorCode::Conflict,
+        "the device has no running session (no client connected)",
+    ))
 }
 
 /// `POST /admin/devices/{id}/restart`: stops the device's session; its tenant
@@ -205,7 +217,23 @@ pub async fn restart_device(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let device_id = path.into_inner();
-    let (tenant_id, _) = running_session(&state, &device_id).await?;
+    let (tenant_id, session) = running_session(&state, &device_id).await?;
+    if let (Session::There(node), Some(cluster)) = (&session, &state.env.cluster) {
+        cluster.bus.cast(
+            node,
+            actors::cluster::envelope::Cast::Restart {
+                device: device_id.clone(),
+                tenant_id: tenant_id.clone(),
+            },
+        );
+        tracing::info!(action = "restart", actor = %format!("device:{device_id}"), %device_id, %tenant_id, %node, "admin action: device session restart, asked of its node");
+        return Ok(HttpResponse::Accepted().json(json!({
+            "action": "restart",
+            "device_id": device_id,
+            "tenant_id": tenant_id,
+            "node": node,
+        })));
+    }
     let root = &state.root;
     let tenant = ractor::call!(root, RootMsg::Tenant, tenant_id.clone())
         .map_err(|_| ApiError::new(protocol::ErrorCode::Unavailable, "server restarting"))?
@@ -241,9 +269,20 @@ pub async fn disconnect_device(
 ) -> Result<HttpResponse, ApiError> {
     let device_id = path.into_inner();
     let (tenant_id, session) = running_session(&state, &device_id).await?;
-    session
-        .cast(DeviceMsg::Kick(protocol::error::close::KICKED))
-        .map_err(|_| ApiError::new(protocol::ErrorCode::Conflict, "the session just stopped"))?;
+    match session {
+        Session::Here(session) => session
+            .cast(DeviceMsg::Kick(protocol::error::close::KICKED))
+            .map_err(|_| {
+                ApiError::new(protocol::ErrorCode::Conflict, "the session just stopped")
+            })?,
+        // Forwarded to the owning node over the bus.
+        Session::There(_) => state
+            .env
+            .directory
+            .deliver(&device_id, DeviceMsg::Kick(protocol::error::close::KICKED))
+            .await
+            .map_err(|e| ApiError::new(protocol::ErrorCode::Unavailable, e.to_string()))?,
+    }
     tracing::info!(action = "disconnect", actor = %format!("device:{device_id}"), %device_id, %tenant_id, "admin action: device clients disconnected");
     Ok(HttpResponse::Accepted().json(json!({
         "action": "disconnect",

@@ -77,6 +77,8 @@ pub struct Tree {
     /// `/admin/queues/stats`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dispatcher: Option<DispatcherNode>,
+    /// The nodes (one on the embedded store), as `GET /admin/cluster` shows them.
+    pub cluster: crate::http::admin_cluster::ClusterView,
 }
 
 /// The root supervisor.
@@ -365,6 +367,7 @@ pub async fn build(state: &AppState, query: &TreeQuery) -> Result<Tree, ApiError
         tenants,
         devices,
         dispatcher: Some(dispatcher?),
+        cluster: crate::http::admin_cluster::snapshot(state).await,
     })
 }
 

@@ -67,6 +67,11 @@ fn view(r: NodeRecord, me: &str, now: i64) -> NodeView {
     responses((status = 200, body = ClusterView), (status = 401, body = protocol::error::ErrorBody)))]
 #[get("/admin/cluster")]
 pub async fn cluster_view(_: AdminAuth, state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok().json(snapshot(&state).await)
+}
+
+/// The cluster as this node sees it now (also part of the `/admin` tree).
+pub async fn snapshot(state: &AppState) -> ClusterView {
     let env = &state.env;
     let now = now_ms();
     let (mode, membership) = match (&env.cluster, &state.solo_membership) {
@@ -107,11 +112,11 @@ pub async fn cluster_view(_: AdminAuth, state: web::Data<AppState>) -> HttpRespo
             this_node: true,
         }),
     }
-    HttpResponse::Ok().json(ClusterView {
+    ClusterView {
         mode,
         node: me,
         nodes,
-    })
+    }
 }
 
 /// Answer of `GET /admin/cluster/devices/{id}`.

@@ -131,7 +131,7 @@ async fn the_admin_view_shows_every_node_and_each_devices_owner() {
     let cluster = Cluster::start(2).await;
     let t = cluster.tenant().await;
     let a = t.device().await;
-    let _wa = cluster.connect(&t, &a, 1).await;
+    let mut wa = cluster.connect(&t, &a, 1).await;
     let view = cluster.view(0).await;
     assert_eq!(view["mode"], "cluster", "{view}");
     let nodes = view["nodes"].as_array().unwrap();
@@ -171,4 +171,50 @@ async fn the_admin_view_shows_every_node_and_each_devices_owner() {
         assert!(tokio::time::Instant::now() < deadline, "{v}");
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+
+    // The live page's tree carries the same view (its Cluster card renders it).
+    let (s, tree) = crate::common::call(
+        &cluster.http,
+        &cluster.node(0).base,
+        "GET",
+        "/admin/tree",
+        Some(crate::harness::ADMIN),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{tree}");
+    assert_eq!(tree["cluster"]["mode"], "cluster");
+    assert_eq!(
+        tree["cluster"]["nodes"].as_array().unwrap().len(),
+        2,
+        "{}",
+        tree["cluster"]
+    );
+
+    // Actions through node 0 on a session node 1 runs: a restart closes its clients
+    // with 1012, a disconnect with 4001.
+    let admin = |path: String| {
+        let http = cluster.http.clone();
+        let base = cluster.node(0).base.clone();
+        async move {
+            crate::common::call(
+                &http,
+                &base,
+                "POST",
+                &path,
+                Some(crate::harness::ADMIN),
+                None,
+            )
+            .await
+        }
+    };
+    let (s, body) = admin(format!("/admin/devices/{}/restart", a.id)).await;
+    assert_eq!(s, 202, "{body}");
+    assert_eq!(body["node"], node1.as_str(), "{body}");
+    assert_eq!(wa.expect_close().await, 1012);
+    let mut wa = cluster.connect(&t, &a, 1).await;
+    wa.ping("p").await;
+    let (s, body) = admin(format!("/admin/devices/{}/disconnect", a.id)).await;
+    assert_eq!(s, 202, "{body}");
+    assert_eq!(wa.expect_close().await, 4001);
 }

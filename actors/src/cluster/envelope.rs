@@ -161,6 +161,14 @@ pub enum Cast {
         /// The close code.
         code: u16,
     },
+    /// An operator's restart of `device`'s session (of `tenant_id`), asked through
+    /// another node.
+    Restart {
+        /// The device.
+        device: String,
+        /// Its tenant.
+        tenant_id: String,
+    },
     /// Test hook: panic inside `device`'s session.
     Panic {
         /// The device.

@@ -287,6 +287,19 @@ async fn cast(env: &Arc<Env>, cluster: &Arc<Cluster>, _from: &str, c: Cast) {
                 let _ = s.cast(DeviceMsg::Kick(code));
             }
         }
+        Cast::Restart { device, tenant_id } => {
+            let Some(root) = cluster.root.get().cloned() else {
+                return;
+            };
+            tokio::spawn(async move {
+                let tenant = ractor::call!(root, crate::root::RootMsg::Tenant, tenant_id);
+                if let Ok(Some(tenant)) = tenant {
+                    let done =
+                        ractor::call!(tenant, crate::tenant::TenantMsg::Restart, device.clone());
+                    tracing::info!(device_id = %device, restarted = ?done.ok(), "admin restart asked through another node");
+                }
+            });
+        }
         Cast::Panic { device } => {
             if let Some(s) = running(&device) {
                 let _ = s.cast(DeviceMsg::InjectPanic);

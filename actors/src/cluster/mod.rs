@@ -37,6 +37,9 @@ pub struct Cluster {
     pub bus: Arc<Bus>,
     /// Connections with their socket and session on different nodes.
     pub conns: Arc<RemoteConns>,
+    /// The actor tree's root, once started (an operator's restart of a session owned
+    /// here, asked through another node, goes to its tenant supervisor).
+    pub root: std::sync::OnceLock<ractor::ActorRef<crate::root::RootMsg>>,
 }
 
 impl Cluster {
@@ -69,6 +72,7 @@ impl Cluster {
                 membership,
                 bus,
                 conns,
+                root: std::sync::OnceLock::new(),
             }
         }))
     }

@@ -166,6 +166,37 @@ function render(tree) {
   renderSearch(tree);
   renderWriters(tree);
   renderDispatcher(tree);
+  renderCluster(tree);
+}
+
+// The nodes of a cluster with their liveness and load (one node: the card is hidden).
+function renderCluster(tree) {
+  const c = tree.cluster;
+  const section = $('cluster');
+  if (!c || c.mode === 'solo') { section.hidden = true; return; }
+  section.hidden = false;
+  $('cluster-mode').textContent = `${c.mode} · answered by ${c.node}`;
+  const now = Date.now();
+  const rows = c.nodes.map((nd) => `<tr data-node="${esc(nd.id)}">
+    <td class="mono">${esc(nd.id)}${nd.this_node ? ' <span class="pill">this node</span>' : ''}</td>
+    <td class="mono">${esc(nd.addr)}</td>
+    <td>${nd.alive ? '<span class="pill pill-ok">alive</span>' : '<span class="pill pill-bad">lease lapsed</span>'}${nd.draining ? ' <span class="pill pill-warn">draining</span>' : ''}</td>
+    <td class="num">${nd.lease_until ? dur(Math.max(0, (nd.lease_until - now) / 1000)) : '–'}</td>
+    <td class="num">${n(nd.sessions)}</td><td class="num">${n(nd.connections)}</td>
+    <td class="num">${dur((now - nd.started_at) / 1000)}</td></tr>`).join('');
+  $('cluster-nodes').innerHTML = `<table><thead><tr><th>Node</th><th>Address</th><th>State</th>
+    <th class="num">Lease left</th><th class="num">Devices owned</th><th class="num">Connections</th>
+    <th class="num">Up</th></tr></thead><tbody>${rows}</tbody></table>`;
+}
+
+async function findOwner(deviceId) {
+  const res = await fetch(`/admin/cluster/devices/${encodeURIComponent(deviceId)}`, {
+    headers: { Authorization: 'Bearer ' + view.token },
+  });
+  const body = await res.json().catch(() => ({}));
+  $('owner-answer').textContent = res.ok
+    ? `${body.node} (epoch ${body.epoch}${body.node_alive ? '' : ', node gone'}${body.running_here ? ', running here' : ''})`
+    : (body.error && body.error.message) || `HTTP ${res.status}`;
 }
 
 function renderStats(tree) {
@@ -402,6 +433,11 @@ function init() {
     if (token) signIn(token);
   });
   $('signout').addEventListener('click', () => signOut());
+  $('owner-form').addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    const id = $('owner-device').value.trim();
+    if (id) findOwner(id);
+  });
   const token = takeTokenFromFragment() || sessionStorage.getItem(TOKEN_KEY);
   if (token) signIn(token); else signOut();
 }
