@@ -237,6 +237,7 @@ pub async fn pause_lane(
     // Stored first: a pause that could not be stored is not answered as done.
     state.env.store.set_lane_paused(lane, true).await?;
     let changed = state.env.dispatcher.pause(lane);
+    settle_on_every_node(&state).await;
     tracing::info!(
         action = "pause",
         lane = lane_name(lane),
@@ -248,6 +249,15 @@ pub async fn pause_lane(
         "paused": true,
         "changed": changed,
     })))
+}
+
+/// In a cluster, waits until every node's dispatcher claims under the stored paused
+/// lanes (each reads them at most `LANES_FRESH` before a claim), so a pause holds
+/// everywhere once it is answered.
+async fn settle_on_every_node(state: &AppState) {
+    if state.env.cluster.is_some() {
+        tokio::time::sleep(actors::dispatcher::LANES_FRESH * 2).await;
+    }
 }
 
 /// `POST /admin/queues/lanes/{lane}/resume`: the dispatcher claims the lane's jobs
@@ -266,6 +276,7 @@ pub async fn resume_lane(
     let lane = parse_lane(&path)?;
     state.env.store.set_lane_paused(lane, false).await?;
     let changed = state.env.dispatcher.resume(lane);
+    settle_on_every_node(&state).await;
     tracing::info!(
         action = "resume",
         lane = lane_name(lane),

@@ -465,6 +465,14 @@ async fn queued_jobs_survive_sigkill_and_run_once() {
         if st["completed"] == n as u64 {
             break;
         }
+        if st["failed"] != 0 {
+            for id in &ids {
+                let v = job(&tenant, id).await;
+                if v["state"] == "failed" {
+                    panic!("a job failed after the restart: {v}\n{st}");
+                }
+            }
+        }
         assert_eq!(st["failed"], 0, "{st}");
         assert!(
             tokio::time::Instant::now() < deadline,

@@ -14,6 +14,22 @@ use crate::device::{
 use crate::limits::ControlBudgets;
 use crate::Env;
 
+/// After `node` did not answer: waits while its lease may still run (at most lease
+/// plus twice the skew), answering whether it is gone by then.
+async fn owner_gone(cluster: &Arc<Cluster>, node: &str) -> bool {
+    let s = &cluster.settings;
+    let deadline = tokio::time::Instant::now() + s.lease + s.skew * 2;
+    loop {
+        if !cluster.membership.alive_fresh(node).await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(s.heartbeat).await;
+    }
+}
+
 /// The answer when another node could not be asked.
 fn unreachable() -> SendError {
     SendError::new(
@@ -229,7 +245,19 @@ async fn send(
             }
         }
         (_, Responder::Rest(tx)) => {
-            let _ = tx.send(Err(unreachable()));
+            // A node that does not answer may be dead with its lease still running:
+            // wait for the lease to run out (bounded), then route again (the next
+            // owner takes the device over). One that renews its lease and still does
+            // not answer is reported.
+            if owner_gone(cluster, node).await {
+                cluster.ownership.forget(device);
+                let again = DeviceMsg::Send(req, Responder::Rest(tx));
+                if let Err(e) = env.directory.deliver(device, again).await {
+                    tracing::debug!(device_id = device, error = %e, "send not routed");
+                }
+            } else {
+                let _ = tx.send(Err(unreachable()));
+            }
         }
         (_, Responder::Conn(id)) => {
             let e = unreachable();

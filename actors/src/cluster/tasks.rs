@@ -53,6 +53,19 @@ pub fn spawn(env: &Arc<Env>) {
                 for gone in alive.difference(&now) {
                     tracing::warn!(node = %gone, "node gone (its lease ran out)");
                     cluster.node_gone(gone);
+                    // Its job claims go back now rather than when their lease runs out
+                    // (a job's send is idempotent by job id, and only the claim's owner
+                    // may finish it, so a node that was only paused does no harm).
+                    match env.store.release_job_claims(gone).await {
+                        Ok(0) => {}
+                        Ok(n) => {
+                            tracing::warn!(node = %gone, jobs = n, "jobs of a dead node put back in the queue");
+                            env.dispatcher.wake();
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "could not put a dead node's jobs back")
+                        }
+                    }
                 }
                 alive = now;
             }

@@ -61,8 +61,12 @@ pub const CONTACT_BATCH: usize = 10_000;
 pub const RATE_WINDOW_SECS: usize = 5;
 /// Shared bodies kept in memory.
 const BODY_CACHE: usize = 64;
-/// How often a cluster node reads the paused lanes again.
+/// How often a cluster node reads the paused lanes again while idle.
 const LANES_EVERY: Duration = Duration::from_secs(1);
+/// How old the paused lanes a cluster node claims under may be, at most. A pause or
+/// resume answers only after twice this, so once it is answered no node claims under
+/// the old set (see `http/queues.rs`).
+pub const LANES_FRESH: Duration = Duration::from_millis(100);
 /// Finished jobs deleted per prune call.
 const PRUNE_BATCH: usize = 10_000;
 
@@ -109,6 +113,8 @@ pub struct DispatcherState {
     last_prune: Instant,
     /// When the paused lanes were last read from the store (cluster only).
     last_lanes: Instant,
+    /// When the paused lanes were last read before a claim (cluster only).
+    last_fresh_lanes: Instant,
     /// Whether the last store call failed (logged once per outage).
     store_down: bool,
 }
@@ -157,6 +163,7 @@ impl Actor for Dispatcher {
             bodies: HashMap::new(),
             last_prune: Instant::now(),
             last_lanes: Instant::now(),
+            last_fresh_lanes: Instant::now() - LANES_FRESH,
             store_down: false,
         })
     }
@@ -369,9 +376,10 @@ impl DispatcherState {
         if !self.maybe_waiting || free == 0 {
             return;
         }
-        if self.env.cluster.is_some() {
-            // Another node may have paused a lane a moment ago: read them before every
-            // claim (a table of four rows), so a pause holds cluster-wide at once.
+        if self.env.cluster.is_some() && self.last_fresh_lanes.elapsed() >= LANES_FRESH {
+            // Another node may have paused a lane a moment ago: claim under a paused
+            // set at most `LANES_FRESH` old (a table of four rows).
+            self.last_fresh_lanes = Instant::now();
             let read = self.env.store.paused_lanes().await;
             let Some(paused) = self.store_ok("paused lanes", read) else {
                 return;
