@@ -130,7 +130,7 @@ async fn the_queue_is_shared_across_nodes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_nodes_jobs_are_reclaimed_and_run_once() {
-    const N: usize = 800;
+    const N: usize = 600;
     let mut cluster = Cluster::start(2).await;
     let t = cluster.tenant().await;
     let a = t.device().await;
