@@ -284,13 +284,13 @@ async fn sigterm_drains_with_1012_and_loses_nothing() {
     drop(held);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_restart_under_load_loses_nothing_acked() {
-    let mut redis = OwnServer::redis().await;
-    let backends = Backends {
-        redis_url: redis.redis_url(),
-        ..Backends::shared()
-    };
+/// Two nodes on `backends` under load, recipients on node 1; `restart` takes a
+/// dependency away and back in the middle. Checks every acked message is found once.
+async fn dependency_restart_under_load(
+    label: &str,
+    backends: Backends,
+    restart: impl std::future::Future<Output = ()>,
+) -> (Cluster, Tenant, Vec<Device>) {
     let cluster = Cluster::start_on(2, backends, &[]).await;
     let t = cluster.tenant().await;
     let senders = devices(&t, 4).await;
@@ -308,9 +308,7 @@ async fn redis_restart_under_load_loses_nothing_acked() {
     let load = Load::start(&t, &senders, &to, &route, 0);
     load.wait_acked(&cluster, 30).await;
     load.assert_midway(senders.len() * PER_SENDER);
-    redis.kill();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    redis.start().await;
+    restart.await;
     let tally = load.finish(false).await;
     assert_eq!(
         tally.acked.len() as u64,
@@ -318,7 +316,24 @@ async fn redis_restart_under_load_loses_nothing_acked() {
         "every send acked in the end\n{}",
         cluster.logs()
     );
-    verify("Redis restart", &cluster, &t, &to, 0, &tally).await;
+    verify(label, &cluster, &t, &to, 0, &tally).await;
+    drop(held);
+    (cluster, t, to)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restart_under_load_loses_nothing_acked() {
+    let mut redis = OwnServer::redis().await;
+    let backends = Backends {
+        redis_url: redis.redis_url(),
+        ..Backends::shared()
+    };
+    let restart = async {
+        redis.kill();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        redis.start().await;
+    };
+    let (cluster, t, to) = dependency_restart_under_load("Redis restart", backends, restart).await;
     // Live delivery across nodes works again.
     let a = t.device().await;
     let mut wa = cluster.connect(&t, &a, 0).await;
@@ -344,7 +359,6 @@ async fn redis_restart_under_load_loses_nothing_acked() {
             break;
         }
     }
-    drop(held);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -355,34 +369,11 @@ async fn mongodb_restart_under_load_loses_nothing_acked() {
         mongodb_uri: nx.mongodb_uri(),
         ..Backends::shared()
     };
-    let cluster = Cluster::start_on(2, backends, &[]).await;
-    let t = cluster.tenant().await;
-    let senders = devices(&t, 4).await;
-    let to = devices(&t, 3).await;
-    let mut held = Vec::new();
-    for d in &to {
-        held.push(cluster.connect(&t, d, 1).await);
-    }
-    let route = Route {
-        ws_bases: vec![
-            cluster.node(0).ws_base.clone(),
-            cluster.node(1).ws_base.clone(),
-        ],
+    let restart = async {
+        nx.kill();
+        // Away for longer than a lease: every node loses its leases and must rejoin.
+        tokio::time::sleep(Duration::from_millis(LEASE_MS * 2)).await;
+        nx.start().await;
     };
-    let load = Load::start(&t, &senders, &to, &route, 0);
-    load.wait_acked(&cluster, 30).await;
-    load.assert_midway(senders.len() * PER_SENDER);
-    nx.kill();
-    // Away for longer than a lease: every node loses its leases and must rejoin.
-    tokio::time::sleep(Duration::from_millis(LEASE_MS * 2)).await;
-    nx.start().await;
-    let tally = load.finish(false).await;
-    assert_eq!(
-        tally.acked.len() as u64,
-        tally.sent,
-        "every send acked in the end\n{}",
-        cluster.logs()
-    );
-    verify("MongoDB restart", &cluster, &t, &to, 0, &tally).await;
-    drop(held);
+    dependency_restart_under_load("MongoDB restart", backends, restart).await;
 }
