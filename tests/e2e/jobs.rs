@@ -268,7 +268,9 @@ async fn restart_while_sending_loses_and_duplicates_nothing() {
     let tenant = server.tenant().await;
     let a = tenant.device().await;
     let b = tenant.device().await;
-    let messages: Vec<Value> = (0..2000)
+    // nx (the MongoDB-protocol test server) is far slower than SQLite: fewer there.
+    let n: u64 = if on_mongodb() { 600 } else { 2000 };
+    let messages: Vec<Value> = (0..n)
         .map(|i| json!({"device": a.id, "to": b.address, "body": {"n": i}}))
         .collect();
     let (s, answer) = bulk(&tenant, json!({ "messages": messages })).await;
@@ -295,7 +297,7 @@ async fn restart_while_sending_loses_and_duplicates_nothing() {
                 None,
             )
             .await;
-        if stats["completed"] == 2000 {
+        if stats["completed"] == n {
             break;
         }
         assert!(
@@ -310,8 +312,8 @@ async fn restart_while_sending_loses_and_duplicates_nothing() {
         .iter()
         .map(|m| m["body"]["n"].as_u64().unwrap())
         .collect();
-    assert_eq!(got.len(), 2000, "duplicates or losses");
-    assert_eq!(bodies.len(), 2000);
+    assert_eq!(got.len() as u64, n, "duplicates or losses");
+    assert_eq!(bodies.len() as u64, n);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

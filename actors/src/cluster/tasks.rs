@@ -27,6 +27,8 @@ pub fn spawn(env: &Arc<Env>) {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut alive: HashSet<String> = HashSet::new();
+        // Dead nodes whose job claims were put back (once each).
+        let mut released: HashSet<String> = HashSet::new();
         let mut beats: u32 = 0;
         loop {
             tick.tick().await;
@@ -53,20 +55,28 @@ pub fn spawn(env: &Arc<Env>) {
                 for gone in alive.difference(&now) {
                     tracing::warn!(node = %gone, "node gone (its lease ran out)");
                     cluster.node_gone(gone);
-                    // Its job claims go back now rather than when their lease runs out
-                    // (a job's send is idempotent by job id, and only the claim's owner
-                    // may finish it, so a node that was only paused does no harm).
-                    match env.store.release_job_claims(gone).await {
+                }
+                // Every dead node in the registry (also one that died before this node
+                // started): its job claims go back now rather than when their lease runs
+                // out (a job's send is idempotent by job id, and only the claim's owner
+                // may finish it, so a node that was only paused does no harm).
+                for node in cluster.membership.nodes() {
+                    if now.contains(&node.id) || !released.insert(node.id.clone()) {
+                        continue;
+                    }
+                    match env.store.release_job_claims(&node.id).await {
                         Ok(0) => {}
                         Ok(n) => {
-                            tracing::warn!(node = %gone, jobs = n, "jobs of a dead node put back in the queue");
+                            tracing::warn!(node = %node.id, jobs = n, "jobs of a dead node put back in the queue");
                             env.dispatcher.wake();
                         }
                         Err(e) => {
-                            tracing::warn!(error = %e, "could not put a dead node's jobs back")
+                            released.remove(&node.id);
+                            tracing::warn!(error = %e, "could not put a dead node's jobs back");
                         }
                     }
                 }
+                released.retain(|id| !now.contains(id));
                 alive = now;
             }
             let lease = i64::try_from(env.settings.job_lease.as_millis()).unwrap_or(i64::MAX / 4);

@@ -13,11 +13,20 @@ Server rate limits: the server limits sends per device (RATE_LIMIT_NORMAL, 60/mi
 default). For throughput runs start it with a high limit, e.g. RATE_LIMIT_NORMAL=100000000,
 otherwise most sends are answered with `rate_limited` errors.
 
+Several nodes (a cluster on MongoDB + Redis): repeat --url (or give a comma-separated
+list) and --server-pid, one per node in the same order. Device i makes its REST setup
+calls and opens its WebSocket on node i mod n (the tenant is created on the first);
+/metrics is read from every node and the costs are summed. load-tests/cluster-bench.sh
+starts such a cluster and runs loadgen across it.
+
 Examples:
   idle memory at 10,000 connections:
     loadgen --devices 10000 --rate 0 --hold 5 --server-pid <pid>
   throughput:
-    loadgen --devices 1000 --rate 20000 --duration 20";
+    loadgen --devices 1000 --rate 20000 --duration 20
+  two nodes:
+    loadgen --url http://127.0.0.1:3200,http://127.0.0.1:3201 \\
+      --server-pid <pid0> --server-pid <pid1> --redis-port <port> --devices 400 --rate 400";
 
 /// Switchboard load generator: N device connections sending 1:1 messages at a target rate.
 ///
@@ -27,9 +36,16 @@ Examples:
 #[derive(Debug, Clone, Parser)]
 #[command(name = "loadgen", version, after_help = AFTER_HELP)]
 pub struct Args {
-    /// Server base URL.
-    #[arg(long, default_value = "http://127.0.0.1:3000")]
-    pub url: String,
+    /// Server base URL; repeat it (or separate by commas) for several nodes of one
+    /// cluster: device i connects to node i mod n.
+    #[arg(
+        long = "url",
+        visible_alias = "node-url",
+        value_name = "URL",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:3000"
+    )]
+    pub urls: Vec<String>,
 
     /// Admin bearer token (default: the ADMIN_TOKEN environment variable).
     #[arg(long)]
@@ -55,13 +71,20 @@ pub struct Args {
     #[arg(long, default_value_t = 64)]
     pub body_bytes: usize,
 
-    /// Server process id: report its VmRSS before connecting, when connected, at the end.
-    #[arg(long)]
-    pub server_pid: Option<u32>,
+    /// Server process id: report its VmRSS before connecting, when connected, at the
+    /// end, and its CPU time in the window. With several nodes, one per node (repeated
+    /// or comma-separated, in --url order); RSS and CPU are summed over them.
+    #[arg(long = "server-pid", value_name = "PID", value_delimiter = ',')]
+    pub server_pids: Vec<u32>,
 
     /// The store's process id (a local MongoDB): report its CPU time in the window.
     #[arg(long)]
     pub store_pid: Option<u32>,
+
+    /// Port of the cluster's Redis on 127.0.0.1: count the commands Redis itself
+    /// executed in the window (`INFO commandstats`), bus traffic included.
+    #[arg(long)]
+    pub redis_port: Option<u16>,
 
     /// Devices being created / connected at the same time.
     #[arg(long, default_value_t = 200)]
@@ -112,28 +135,104 @@ impl Args {
         if self.rate > 0.0 && self.duration <= 0.0 {
             bail!("--duration must be positive when --rate is");
         }
-        if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
-            bail!("--url must start with http:// (got {})", self.url);
+        self.urls.retain(|u| !u.trim().is_empty());
+        if self.urls.is_empty() {
+            bail!("--url must name at least one server");
         }
-        while self.url.ends_with('/') {
-            self.url.pop();
+        for url in &mut self.urls {
+            *url = url.trim().to_owned();
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                bail!("--url must start with http:// (got {url})");
+            }
+            while url.ends_with('/') {
+                url.pop();
+            }
+        }
+        if !self.server_pids.is_empty() && self.server_pids.len() != self.urls.len() {
+            bail!(
+                "--server-pid given {} times for {} nodes: give one per --url, in the same order",
+                self.server_pids.len(),
+                self.urls.len()
+            );
         }
         Ok(())
     }
 
-    /// The WebSocket base URL matching `--url` (`http://h:p` → `ws://h:p`).
-    pub fn ws_base(&self) -> String {
-        if let Some(rest) = self.url.strip_prefix("https://") {
+    /// Number of nodes (`--url`s).
+    pub fn nodes(&self) -> usize {
+        self.urls.len()
+    }
+
+    /// The node device `index` uses (`index mod nodes`).
+    pub fn node_of(&self, index: usize) -> usize {
+        index % self.urls.len().max(1)
+    }
+
+    /// The URLs as given, comma-separated (one URL on one node).
+    pub fn url_list(&self) -> String {
+        self.urls.join(",")
+    }
+
+    /// The WebSocket base URL of node `node` (`http://h:p` → `ws://h:p`).
+    pub fn ws_base(&self, node: usize) -> String {
+        let url = &self.urls[node % self.urls.len()];
+        if let Some(rest) = url.strip_prefix("https://") {
             format!("wss://{rest}")
-        } else if let Some(rest) = self.url.strip_prefix("http://") {
+        } else if let Some(rest) = url.strip_prefix("http://") {
             format!("ws://{rest}")
         } else {
-            self.url.clone()
+            url.clone()
         }
     }
 
     /// The admin token (present after [`Args::validate`]).
     pub fn admin_token(&self) -> &str {
         self.admin_token.as_deref().unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Args> {
+        let mut a =
+            Args::try_parse_from(["loadgen", "--admin-token", "t"].iter().chain(args.iter()))?;
+        a.validate()?;
+        Ok(a)
+    }
+
+    #[test]
+    fn one_node_by_default() {
+        let a = parse(&["--url", "http://127.0.0.1:3100/"]).expect("args");
+        assert_eq!(a.urls, ["http://127.0.0.1:3100"]);
+        assert_eq!(a.nodes(), 1);
+        assert_eq!(a.ws_base(0), "ws://127.0.0.1:3100");
+        assert!(a.server_pids.is_empty());
+    }
+
+    #[test]
+    fn several_nodes_by_list_or_repetition() {
+        let a = parse(&[
+            "--url",
+            "http://h:1,http://h:2",
+            "--node-url",
+            "http://h:3",
+            "--server-pid",
+            "10,11",
+            "--server-pid",
+            "12",
+        ])
+        .expect("args");
+        assert_eq!(a.nodes(), 3);
+        assert_eq!(a.url_list(), "http://h:1,http://h:2,http://h:3");
+        assert_eq!(a.server_pids, [10, 11, 12]);
+        assert_eq!(a.node_of(4), 1);
+        assert_eq!(a.ws_base(2), "ws://h:3");
+    }
+
+    #[test]
+    fn one_pid_per_node() {
+        assert!(parse(&["--url", "http://h:1,http://h:2", "--server-pid", "1"]).is_err());
     }
 }

@@ -41,10 +41,19 @@ pub enum Phase {
     Close,
 }
 
+/// A connected device as a recipient.
+#[derive(Clone)]
+pub struct Peer {
+    /// Its address.
+    pub address: Arc<str>,
+    /// The node its connection is on.
+    pub node: usize,
+}
+
 /// The send schedule shared by all connections.
 pub struct Plan {
-    /// Addresses of all connected devices (recipients are drawn from here).
-    pub addresses: Vec<Arc<str>>,
+    /// All connected devices (recipients are drawn from here).
+    pub addresses: Vec<Peer>,
     /// When sending starts (warm-up included).
     pub start: Instant,
     /// When sending stops.
@@ -62,6 +71,20 @@ pub struct Device {
     pub index: usize,
     /// Its address.
     pub address: Arc<str>,
+    /// The node it is connected to (`index mod nodes`).
+    pub node: usize,
+    /// How many nodes the run spreads devices over.
+    pub nodes: usize,
+}
+
+/// The address of device `index`.
+pub fn address_of(index: usize) -> String {
+    format!("+1555{index:07}")
+}
+
+/// The index of the device with `address`, if it is one of loadgen's.
+fn index_of(address: &str) -> Option<usize> {
+    address.strip_prefix("+1555")?.parse().ok()
 }
 
 /// Opens a WebSocket with `token` and waits for its `ready` frame.
@@ -107,6 +130,8 @@ struct Frame<'a> {
     #[serde(default)]
     to: Option<&'a str>,
     #[serde(default)]
+    from: Option<&'a str>,
+    #[serde(default)]
     body: Option<Body>,
 }
 
@@ -122,13 +147,25 @@ fn id_time(id: &str) -> Option<u64> {
     id.rsplit('.').next()?.parse().ok()
 }
 
+/// Marks the seq of a request id whose recipient is connected to another node
+/// (`<device>.x<seq>.<unix µs>`; only with several nodes).
+const CROSS_MARK: char = 'x';
+
+/// Whether request id `id` was marked as a send to another node.
+fn id_cross(id: &str) -> bool {
+    id.split('.')
+        .nth(1)
+        .is_some_and(|seq| seq.starts_with(CROSS_MARK))
+}
+
 /// Writes a `send` frame into a new string.
-fn send_frame(device: usize, seq: u64, t: u64, to: &str, padding: &str) -> String {
+fn send_frame(device: usize, seq: u64, t: u64, to: &str, padding: &str, cross: bool) -> String {
     let mut s = String::with_capacity(112 + to.len() + padding.len());
+    let mark = if cross { "x" } else { "" };
     // Writing to a String cannot fail.
     let _ = write!(
         s,
-        r#"{{"type":"send","id":"{device}.{seq}.{t}","to":"{to}","body":{{"t":{t},"p":"{padding}"}}}}"#
+        r#"{{"type":"send","id":"{device}.{mark}{seq}.{t}","to":"{to}","body":{{"t":{t},"p":"{padding}"}}}}"#
     );
     s
 }
@@ -189,10 +226,15 @@ fn handle_frame(device: &Device, text: &str, stats: &Stats) {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         return;
     };
+    // With several nodes, latencies are also split by where the other side was.
+    let multi = device.nodes > 1;
     match frame.kind {
         "ack" => {
-            if let Some(t) = frame.id.and_then(id_time) {
-                stats.on_ack(device.index, t, now_us());
+            if let Some(id) = frame.id {
+                if let Some(t) = id_time(id) {
+                    let cross = multi.then(|| id_cross(id));
+                    stats.on_ack(device.index, t, now_us(), cross);
+                }
             }
         }
         "error" => {
@@ -202,7 +244,11 @@ fn handle_frame(device: &Device, text: &str, stats: &Stats) {
         // Only the recipient's copy counts (not a copy pushed to the sender).
         "message" if frame.to == Some(&*device.address) => {
             if let Some(t) = frame.body.and_then(|b| b.t) {
-                stats.on_delivered(device.index, t, now_us());
+                let cross = match frame.from.and_then(index_of) {
+                    Some(from) if multi => Some(from % device.nodes != device.node),
+                    _ => None,
+                };
+                stats.on_delivered(device.index, t, now_us(), cross);
             }
         }
         _ => {}
@@ -263,14 +309,16 @@ async fn send_schedule(
             if sent < batch_end {
                 while sent < batch_end {
                     let mut i = rng.random_range(0..n);
-                    if plan.addresses[i] == device.address {
+                    if plan.addresses[i].address == device.address {
                         i = (i + 1) % n;
                     }
+                    let to = &plan.addresses[i];
+                    let cross = to.node != device.node;
                     let t = now_us();
                     let frame =
-                        send_frame(device.index, sent, t, &plan.addresses[i], &plan.padding);
+                        send_frame(device.index, sent, t, &to.address, &plan.padding, cross);
                     sink.feed(Message::text(frame)).await?;
-                    stats.on_sent(t);
+                    stats.on_sent(t, cross);
                     sent += 1;
                 }
                 sink.flush().await?;
@@ -292,7 +340,7 @@ mod tests {
 
     #[test]
     fn send_frame_is_valid_json() {
-        let s = send_frame(7, 42, 1_700_000_000_123_456, "+15550000001", "xxxx");
+        let s = send_frame(7, 42, 1_700_000_000_123_456, "+15550000001", "xxxx", false);
         let v: serde_json::Value = serde_json::from_str(&s).expect("json");
         assert_eq!(v["type"], "send");
         assert_eq!(v["id"], "7.42.1700000000123456");
@@ -303,6 +351,19 @@ mod tests {
             id_time(v["id"].as_str().expect("id")),
             Some(1_700_000_000_123_456)
         );
+        assert!(!id_cross(v["id"].as_str().expect("id")));
+        let x = send_frame(7, 42, 5, "+15550000001", "", true);
+        let v: serde_json::Value = serde_json::from_str(&x).expect("json");
+        assert_eq!(v["id"], "7.x42.5");
+        assert!(id_cross("7.x42.5"));
+        assert_eq!(id_time("7.x42.5"), Some(5));
+    }
+
+    #[test]
+    fn addresses_give_back_their_index() {
+        assert_eq!(address_of(42), "+15550000042");
+        assert_eq!(index_of(&address_of(1_234_567)), Some(1_234_567));
+        assert_eq!(index_of("+4912345"), None);
     }
 
     #[test]

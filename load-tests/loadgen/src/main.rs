@@ -3,10 +3,13 @@
 //! Creates a tenant and N devices over REST, opens one WebSocket per device, has every
 //! connection send 1:1 messages to random other devices so that the total hits a target
 //! rate, and reports acks, deliveries, losses, latency percentiles and (optionally) the
-//! server's resident memory. See `README.md` next to `Cargo.toml`.
+//! server's resident memory. With several `--url`s the devices are spread over the
+//! nodes of a cluster and the server's figures are summed over them. See `README.md`
+//! next to `Cargo.toml`.
 
 mod cli;
 mod conn;
+mod redis_info;
 mod report;
 mod server;
 mod setup;
@@ -27,9 +30,9 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::cli::Args;
-use crate::conn::{Device, Phase, Plan, Ws};
-use crate::report::{Latency, Params, Report, Rss};
-use crate::server::{ServerCosts, Snapshot};
+use crate::conn::{Device, Peer, Phase, Plan, Ws};
+use crate::report::{CrossNode, Latency, Params, Report, Rss};
+use crate::server::{ServerCosts, Snapshot, Sources};
 use crate::setup::Api;
 use crate::stats::{now_us, Stats};
 
@@ -78,9 +81,22 @@ fn main() -> ExitCode {
     }
 }
 
-/// Server RSS for `--server-pid`, if given and readable.
+/// Server RSS for `--server-pid` (summed over the nodes), if given and readable.
 fn server_rss(args: &Args) -> Option<u64> {
-    args.server_pid.and_then(sys::rss_kib)
+    if args.server_pids.is_empty() {
+        return None;
+    }
+    args.server_pids.iter().map(|&pid| sys::rss_kib(pid)).sum()
+}
+
+/// Where the server's figures are read from.
+fn sources(args: &Args) -> Sources {
+    Sources {
+        urls: args.urls.clone(),
+        pids: args.server_pids.clone(),
+        store_pid: args.store_pid,
+        redis_port: args.redis_port,
+    }
 }
 
 /// Warns when the open-files limit cannot hold `devices` connections.
@@ -101,11 +117,23 @@ fn check_open_files(devices: usize) {
 async fn run(args: Args) -> Result<Report> {
     check_open_files(args.devices);
     let rss_before = server_rss(&args);
-    if let (Some(pid), None) = (args.server_pid, rss_before) {
-        eprintln!("warning: cannot read VmRSS of pid {pid}");
+    for &pid in &args.server_pids {
+        if sys::rss_kib(pid).is_none() {
+            eprintln!("warning: cannot read VmRSS of pid {pid}");
+        }
+    }
+    if args.nodes() > 1 {
+        eprintln!(
+            "{} nodes: device i connects to node i mod {} ({})",
+            args.nodes(),
+            args.nodes(),
+            args.url_list()
+        );
     }
 
-    let api = Api::new(&args.url, args.connect_concurrency)?;
+    let api = Api::new(&args.urls[0], args.connect_concurrency)?;
+    // One client, one base per node: device i's setup calls go to its own node.
+    let apis: Vec<Api> = args.urls.iter().map(|u| api.with_base(u)).collect();
     let name = format!("loadgen-{:08x}", rand::random::<u32>());
     let tenant = api
         .create_tenant(args.admin_token(), &name)
@@ -118,7 +146,7 @@ async fn run(args: Args) -> Result<Report> {
     let (phase_tx, phase_rx) = watch::channel(Phase::Idle);
 
     let connect_started = Instant::now();
-    let conns = connect_all(&args, &api, &tenant.api_key, &phase_rx, &stats).await;
+    let conns = connect_all(&args, &apis, &tenant.api_key, &phase_rx, &stats).await;
     let connect_secs = connect_started.elapsed().as_secs_f64();
     let connections = conns.handles.len();
     let connect_failures = args.devices - connections;
@@ -147,8 +175,7 @@ async fn run(args: Args) -> Result<Report> {
         } else {
             let (secs, before) = send_phase(&args, &api, conns.addresses, &phase_tx, &stats).await;
             drain_secs = secs;
-            let after =
-                Snapshot::take(api.client(), &args.url, args.server_pid, args.store_pid).await;
+            let after = Snapshot::take(api.client(), &sources(&args)).await;
             window = Some((before, after));
         }
     }
@@ -162,7 +189,7 @@ async fn run(args: Args) -> Result<Report> {
     build_report(
         &args,
         &stats,
-        connections,
+        conns.per_node,
         connect_secs,
         drain_secs,
         window,
@@ -182,20 +209,24 @@ async fn run(args: Args) -> Result<Report> {
 struct Connections {
     /// One task per open connection.
     handles: Vec<JoinHandle<()>>,
-    /// Addresses of the open connections.
-    addresses: Vec<Arc<str>>,
+    /// The devices with an open connection.
+    addresses: Vec<Peer>,
+    /// Open connections per node.
+    per_node: Vec<usize>,
     /// Failure messages and their counts.
     failures: BTreeMap<String, u64>,
 }
 
-/// Creates device `index`, gets its token and opens its WebSocket.
+/// Creates device `index` on node `node` (of `nodes`), gets its token and opens its
+/// WebSocket there.
 async fn connect_one(
     api: &Api,
     api_key: &str,
     ws_base: &str,
     index: usize,
+    (node, nodes): (usize, usize),
 ) -> Result<(Device, Ws)> {
-    let address = format!("+1555{index:07}");
+    let address = conn::address_of(index);
     let device_id = api
         .create_device(api_key, &address, &format!("lg {index}"))
         .await?;
@@ -205,6 +236,8 @@ async fn connect_one(
         Device {
             index,
             address: address.into(),
+            node,
+            nodes,
         },
         ws,
     ))
@@ -214,20 +247,24 @@ async fn connect_one(
 /// `--connect-timeout`; every open connection gets its task right away.
 async fn connect_all(
     args: &Args,
-    api: &Api,
+    apis: &[Api],
     api_key: &str,
     phase: &watch::Receiver<Phase>,
     stats: &Arc<Stats>,
 ) -> Connections {
-    let ws_base = args.ws_base();
-    let ws_base = ws_base.as_str();
+    let nodes = args.nodes();
+    let ws_bases: Vec<String> = (0..nodes).map(|n| args.ws_base(n)).collect();
     let deadline = Instant::now() + Duration::from_secs_f64(args.connect_timeout);
     let mut pending = stream::iter(0..args.devices)
-        .map(|i| connect_one(api, api_key, ws_base, i))
+        .map(|i| {
+            let node = args.node_of(i);
+            connect_one(&apis[node], api_key, &ws_bases[node], i, (node, nodes))
+        })
         .buffer_unordered(args.connect_concurrency);
     let mut out = Connections {
         handles: Vec::with_capacity(args.devices),
         addresses: Vec::with_capacity(args.devices),
+        per_node: vec![0; nodes],
         failures: BTreeMap::new(),
     };
     let mut failed = 0usize;
@@ -236,7 +273,11 @@ async fn connect_all(
     loop {
         match tokio::time::timeout_at(deadline, pending.next()).await {
             Ok(Some(Ok((device, ws)))) => {
-                out.addresses.push(device.address.clone());
+                out.addresses.push(Peer {
+                    address: device.address.clone(),
+                    node: device.node,
+                });
+                out.per_node[device.node] += 1;
                 out.handles
                     .push(conn::spawn(device, ws, phase.clone(), stats.clone()));
             }
@@ -272,7 +313,7 @@ async fn connect_all(
 async fn send_phase(
     args: &Args,
     api: &Api,
-    addresses: Vec<Arc<str>>,
+    addresses: Vec<Peer>,
     phase: &watch::Sender<Phase>,
     stats: &Stats,
 ) -> (f64, Snapshot) {
@@ -299,11 +340,10 @@ async fn send_phase(
     let measure_at = start + warmup;
     let snapshot = {
         let client = api.client().clone();
-        let url = args.url.clone();
-        let (pid, store_pid) = (args.server_pid, args.store_pid);
+        let from = sources(args);
         tokio::spawn(async move {
             tokio::time::sleep_until(measure_at).await;
-            Snapshot::take(&client, &url, pid, store_pid).await
+            Snapshot::take(&client, &from).await
         })
     };
 
@@ -381,14 +421,16 @@ async fn close_all(mut handles: Vec<JoinHandle<()>>) {
 fn build_report(
     args: &Args,
     stats: &Stats,
-    connections: usize,
+    per_node: Vec<usize>,
     connect_secs: f64,
     drain_secs: f64,
     window: Option<(Snapshot, Snapshot)>,
     server_rss: Rss,
 ) -> Result<Report> {
     let stats::Merged { ack, e2e, errors } = stats.merged()?;
+    let connections = per_node.iter().sum::<usize>();
     let sent = stats.sent.load(Relaxed);
+    let sent_cross = stats.sent_cross.load(Relaxed);
     let acked = stats.acked.load(Relaxed);
     let errored = stats.errored.load(Relaxed);
     let delivered = stats.delivered.load(Relaxed);
@@ -400,9 +442,22 @@ fn build_report(
              for throughput runs"
         );
     }
+    let nodes = args.nodes();
+    let cross_node = (nodes > 1 && args.rate > 0.0).then(|| CrossNode {
+        sent: sent_cross,
+        share: if sent > 0 {
+            (sent_cross as f64 / sent as f64 * 1000.0).round() / 1000.0
+        } else {
+            0.0
+        },
+        ack_latency: Latency::from_histogram(&ack.cross),
+        ack_latency_same_node: Latency::from_histogram(&ack.same),
+        e2e_latency: Latency::from_histogram(&e2e.cross),
+        e2e_latency_same_node: Latency::from_histogram(&e2e.same),
+    });
     Ok(Report {
         params: Params {
-            url: args.url.clone(),
+            url: args.url_list(),
             devices: args.devices,
             rate: args.rate,
             duration_s: args.duration,
@@ -410,6 +465,9 @@ fn build_report(
             body_bytes: args.body_bytes,
             hold_s: args.hold,
         },
+        nodes,
+        connections_per_node: if nodes > 1 { per_node } else { Vec::new() },
+        cross_node,
         connections,
         connect_failures: args.devices - connections,
         connect_secs: (connect_secs * 1000.0).round() / 1000.0,
@@ -424,8 +482,8 @@ fn build_report(
         msgs_per_sec: (per_sec(acked) * 10.0).round() / 10.0,
         sent_per_sec: (per_sec(sent) * 10.0).round() / 10.0,
         drain_secs: (drain_secs * 1000.0).round() / 1000.0,
-        ack_latency: Latency::from_histogram(&ack),
-        e2e_latency: Latency::from_histogram(&e2e),
+        ack_latency: Latency::from_histogram(&ack.all),
+        e2e_latency: Latency::from_histogram(&e2e.all),
         server_costs: window.map(|(before, after)| ServerCosts::between(&before, &after, acked)),
         server_rss,
         disconnects: stats.disconnects(),

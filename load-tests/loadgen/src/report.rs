@@ -69,10 +69,27 @@ pub struct Rss {
     pub per_connection_kib: Option<f64>,
 }
 
+/// Sends between devices connected to different nodes (several nodes only).
+#[derive(Debug, Default, Serialize)]
+pub struct CrossNode {
+    /// Measured sends whose recipient was connected to another node than the sender.
+    pub sent: u64,
+    /// Their share of all measured sends.
+    pub share: f64,
+    /// Send → ack latency of those sends.
+    pub ack_latency: Latency,
+    /// Send → ack latency of the sends within one node.
+    pub ack_latency_same_node: Latency,
+    /// Send → delivery latency of the messages between nodes.
+    pub e2e_latency: Latency,
+    /// Send → delivery latency of the messages within one node.
+    pub e2e_latency_same_node: Latency,
+}
+
 /// The run's parameters, echoed in the report.
 #[derive(Debug, Serialize)]
 pub struct Params {
-    /// Server base URL.
+    /// Server base URL (with several nodes, every node's, comma-separated).
     pub url: String,
     /// Devices requested.
     pub devices: usize,
@@ -93,6 +110,14 @@ pub struct Params {
 pub struct Report {
     /// The run's parameters.
     pub params: Params,
+    /// Nodes the devices were spread over (device i on node i mod n).
+    pub nodes: usize,
+    /// Open connections on each node (several nodes only).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub connections_per_node: Vec<usize>,
+    /// Sends between nodes (several nodes only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cross_node: Option<CrossNode>,
     /// Connections that reached `ready`.
     pub connections: usize,
     /// Devices whose creation, token or connection failed (or timed out).
@@ -150,6 +175,20 @@ impl Report {
             "devices {}  rate {}/s  duration {}s  warmup {}s  body {} B  hold {}s",
             p.devices, p.rate, p.duration_s, p.warmup_s, p.body_bytes, p.hold_s
         );
+        if self.nodes > 1 {
+            let per: Vec<String> = self
+                .connections_per_node
+                .iter()
+                .map(|n| n.to_string())
+                .collect();
+            let _ = writeln!(
+                s,
+                "nodes            {} (device i on node i mod {}; connections {})",
+                self.nodes,
+                self.nodes,
+                per.join(" / ")
+            );
+        }
         let _ = writeln!(
             s,
             "connections      {} opened, {} failed ({:.1} s)",
@@ -178,6 +217,19 @@ impl Report {
             );
             let _ = writeln!(s, "ack latency      {}", self.ack_latency.human());
             let _ = writeln!(s, "e2e latency      {}", self.e2e_latency.human());
+            if let Some(x) = &self.cross_node {
+                let _ = writeln!(
+                    s,
+                    "cross-node       {} of {} sends ({:.1} %) to a device on another node",
+                    x.sent,
+                    self.sent,
+                    x.share * 100.0
+                );
+                let _ = writeln!(s, "  ack, cross     {}", x.ack_latency.human());
+                let _ = writeln!(s, "  ack, same      {}", x.ack_latency_same_node.human());
+                let _ = writeln!(s, "  e2e, cross     {}", x.e2e_latency.human());
+                let _ = writeln!(s, "  e2e, same      {}", x.e2e_latency_same_node.human());
+            }
         }
         if let Some(c) = &self.server_costs {
             c.human(&mut s);

@@ -1,49 +1,116 @@
 //! What the server spent on the measured window: its CPU time (`/proc/<pid>/stat`,
 //! with `--server-pid`) and the growth of its `/metrics` counters (store calls,
-//! MongoDB commands, Redis commands, persistence batches), per acked message.
+//! MongoDB commands, Redis commands, persistence batches), per acked message. With
+//! several nodes every node is read and the figures are summed; with `--redis-port`
+//! the commands Redis itself executed are counted too.
 
 use std::collections::BTreeMap;
 
+use futures_util::future::join_all;
 use serde::Serialize;
+
+use crate::redis_info;
 
 /// Kernel clock ticks per second of `utime`/`stime` (`USER_HZ`, 100 on Linux's
 /// user-space ABI on every common architecture).
 const TICKS_PER_SEC: f64 = 100.0;
 
-/// The server's counters at one moment.
+/// One node's counters at one moment.
 #[derive(Debug, Default, Clone)]
-pub struct Snapshot {
-    /// User + system CPU ticks of the server process.
+struct NodeSnapshot {
+    /// The node's base URL.
+    url: String,
+    /// User + system CPU ticks of the node's process.
     cpu_ticks: Option<u64>,
-    /// User + system CPU ticks of the store's process (`--store-pid`).
-    store_cpu_ticks: Option<u64>,
-    /// Every series of `/metrics` (`name{labels}` → value).
+    /// Every series of its `/metrics` (`name{labels}` → value).
     series: BTreeMap<String, f64>,
 }
 
+/// What loadgen reads at the start and at the end of the measured window.
+#[derive(Debug, Default, Clone)]
+pub struct Snapshot {
+    /// Every node, in `--url` order.
+    nodes: Vec<NodeSnapshot>,
+    /// User + system CPU ticks of the store's process (`--store-pid`).
+    store_cpu_ticks: Option<u64>,
+    /// Calls per command of the cluster's Redis (`--redis-port`), if it answered.
+    redis_calls: Option<BTreeMap<String, u64>>,
+}
+
+/// Where a [`Snapshot`] reads from.
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    /// Base URL of every node.
+    pub urls: Vec<String>,
+    /// Process id of every node (empty, or one per URL).
+    pub pids: Vec<u32>,
+    /// The store's process id.
+    pub store_pid: Option<u32>,
+    /// Port of the Redis on 127.0.0.1.
+    pub redis_port: Option<u16>,
+}
+
 impl Snapshot {
-    /// Reads the server's CPU time (when `pid` is given) and `/metrics` (when it answers).
-    pub async fn take(
-        client: &reqwest::Client,
-        base: &str,
-        pid: Option<u32>,
-        store_pid: Option<u32>,
-    ) -> Snapshot {
-        let store_cpu_ticks = store_pid.and_then(cpu_ticks);
-        let cpu_ticks = pid.and_then(cpu_ticks);
-        let series = match client.get(format!("{base}/metrics")).send().await {
-            Ok(res) if res.status().is_success() => {
-                res.text().await.map(|t| parse(&t)).unwrap_or_default()
+    /// Reads every node's CPU time (when its pid is given) and `/metrics` (when it
+    /// answers), the store's CPU time and Redis' command counts.
+    pub async fn take(client: &reqwest::Client, from: &Sources) -> Snapshot {
+        let store_cpu_ticks = from.store_pid.and_then(cpu_ticks);
+        let reads = from.urls.iter().enumerate().map(|(i, url)| async move {
+            let cpu_ticks = from.pids.get(i).copied().and_then(cpu_ticks);
+            let series = match client.get(format!("{url}/metrics")).send().await {
+                Ok(res) if res.status().is_success() => {
+                    res.text().await.map(|t| parse(&t)).unwrap_or_default()
+                }
+                _ => BTreeMap::new(),
+            };
+            NodeSnapshot {
+                url: url.clone(),
+                cpu_ticks,
+                series,
             }
-            _ => BTreeMap::new(),
+        });
+        let redis = async {
+            let port = from.redis_port?;
+            match redis_info::command_calls(port).await {
+                Ok(calls) => Some(calls),
+                Err(e) => {
+                    eprintln!("warning: Redis INFO: {e:#}");
+                    None
+                }
+            }
         };
+        let (nodes, redis_calls) = tokio::join!(join_all(reads), redis);
         Snapshot {
-            cpu_ticks,
+            nodes,
             store_cpu_ticks,
-            series,
+            redis_calls,
         }
     }
 
+    /// CPU ticks summed over the nodes (`None` unless every node's were read).
+    fn cpu_ticks(&self) -> Option<u64> {
+        self.nodes.iter().map(|n| n.cpu_ticks).sum()
+    }
+
+    /// Sum over the nodes of every series of family `name` whose labels contain each
+    /// of `labels`.
+    fn sum(&self, name: &str, labels: &[&str]) -> f64 {
+        self.nodes.iter().map(|n| n.sum(name, labels)).sum()
+    }
+
+    /// Values of family `name` by the value of `label`, summed over the nodes.
+    fn by_label(&self, name: &str, label: &str) -> BTreeMap<String, f64> {
+        let mut out = BTreeMap::new();
+        for node in &self.nodes {
+            for (k, v) in node.by_label(name, label) {
+                *out.entry(k).or_insert(0.0) += v;
+            }
+        }
+        out
+    }
+}
+
+impl NodeSnapshot {
     /// Sum of every series of family `name` whose labels contain each of `labels`.
     fn sum(&self, name: &str, labels: &[&str]) -> f64 {
         self.series
@@ -66,6 +133,23 @@ impl Snapshot {
         }
         out
     }
+}
+
+/// One node's share of the window's work (several nodes only).
+#[derive(Debug, Default, Serialize)]
+pub struct NodeCosts {
+    /// The node's base URL.
+    pub url: String,
+    /// Its CPU seconds in the window.
+    pub cpu_secs: Option<f64>,
+    /// Store trait calls it made.
+    pub store_calls: f64,
+    /// MongoDB commands it sent.
+    pub mongodb_commands: f64,
+    /// Redis commands it sent.
+    pub redis_commands: f64,
+    /// Persistence batches it committed.
+    pub batches: f64,
 }
 
 /// The server's costs over the window, per acked message where it makes sense.
@@ -93,6 +177,16 @@ pub struct ServerCosts {
     pub mean_batch_rows: Option<f64>,
     /// Cache hit rate (all kinds, in-process layer) in the window.
     pub memory_hit_rate: Option<f64>,
+    /// Commands Redis itself executed per acked message (`--redis-port`; loadgen's own
+    /// `INFO` left out). Commands run inside Lua scripts count too, as in `INFO`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_info_commands_per_msg: Option<f64>,
+    /// Commands Redis executed, by name (in the window).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub redis_info_commands: BTreeMap<String, f64>,
+    /// Each node's share (several nodes only).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub per_node: Vec<NodeCosts>,
 }
 
 impl ServerCosts {
@@ -123,12 +217,13 @@ impl ServerCosts {
             (Some(b), Some(a)) => Some(a.saturating_sub(b) as f64 / TICKS_PER_SEC),
             _ => None,
         };
-        let cpu_secs = secs(before.cpu_ticks, after.cpu_ticks);
+        let cpu_secs = secs(before.cpu_ticks(), after.cpu_ticks());
         let store = delta("switchboard_store_calls_total", &[]);
         let mongo = delta("switchboard_mongodb_commands_total", &[]);
         let redis = delta("switchboard_redis_commands_total", &[]);
         let batches = delta("switchboard_persist_batch_size_count", &[]);
         let rows = delta("switchboard_persist_batch_size_sum", &[]);
+        let redis_calls = redis_growth(before, after);
         let hits = delta("switchboard_cache_hits_total", &["layer=\"memory\""]);
         let misses = delta("switchboard_cache_misses_total", &["layer=\"memory\""]);
         ServerCosts {
@@ -145,8 +240,55 @@ impl ServerCosts {
             batches,
             mean_batch_rows: (batches > 0.0).then(|| round(rows / batches)),
             memory_hit_rate: (hits + misses > 0.0).then(|| round(hits / (hits + misses))),
+            redis_info_commands_per_msg: redis_calls.as_ref().map(|m| per(m.values().sum())),
+            redis_info_commands: redis_calls.unwrap_or_default(),
+            per_node: if after.nodes.len() > 1 {
+                per_node(before, after)
+            } else {
+                Vec::new()
+            },
         }
     }
+}
+
+/// Growth of Redis' command calls from `before` to `after`, without loadgen's `INFO`.
+fn redis_growth(before: &Snapshot, after: &Snapshot) -> Option<BTreeMap<String, f64>> {
+    let (old, new) = (before.redis_calls.as_ref()?, after.redis_calls.as_ref()?);
+    Some(
+        new.iter()
+            .filter(|(k, _)| k.as_str() != redis_info::OWN_COMMAND)
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    v.saturating_sub(old.get(k).copied().unwrap_or(0)) as f64,
+                )
+            })
+            .filter(|(_, d)| *d > 0.0)
+            .collect(),
+    )
+}
+
+/// Each node's growth from `before` to `after` (nodes matched by position).
+fn per_node(before: &Snapshot, after: &Snapshot) -> Vec<NodeCosts> {
+    after
+        .nodes
+        .iter()
+        .zip(&before.nodes)
+        .map(|(a, b)| {
+            let delta = |name: &str| a.sum(name, &[]) - b.sum(name, &[]);
+            NodeCosts {
+                url: a.url.clone(),
+                cpu_secs: match (b.cpu_ticks, a.cpu_ticks) {
+                    (Some(b), Some(a)) => Some(a.saturating_sub(b) as f64 / TICKS_PER_SEC),
+                    _ => None,
+                },
+                store_calls: delta("switchboard_store_calls_total"),
+                mongodb_commands: delta("switchboard_mongodb_commands_total"),
+                redis_commands: delta("switchboard_redis_commands_total"),
+                batches: delta("switchboard_persist_batch_size_count"),
+            }
+        })
+        .collect()
 }
 
 impl ServerCosts {
@@ -189,6 +331,13 @@ impl ServerCosts {
         if self.redis_commands_per_msg > 0.0 {
             let _ = writeln!(s, "Redis commands   {:.3}/msg", self.redis_commands_per_msg);
         }
+        if let Some(per) = self.redis_info_commands_per_msg {
+            let _ = writeln!(
+                s,
+                "Redis (INFO)     {per:.3}/msg executed, inside scripts too  ({})",
+                top(&self.redis_info_commands)
+            );
+        }
         if let Some(rows) = self.mean_batch_rows {
             let _ = writeln!(
                 s,
@@ -201,6 +350,15 @@ impl ServerCosts {
                 s,
                 "cache hit rate   {:.1} % (in-process layer)",
                 rate * 100.0
+            );
+        }
+        for (i, n) in self.per_node.iter().enumerate() {
+            let cpu = n.cpu_secs.map_or("?".to_owned(), |c| format!("{c:.2} s"));
+            let _ = writeln!(
+                s,
+                "  node {i}         CPU {cpu}  store calls {:.0}  MongoDB {:.0}  Redis {:.0}  \
+                 batches {:.0}  ({})",
+                n.store_calls, n.mongodb_commands, n.redis_commands, n.batches, n.url
             );
         }
     }
@@ -262,25 +420,33 @@ mod tests {
         assert_eq!(parse_cpu_ticks("garbage"), None);
     }
 
+    fn one_node(cpu_ticks: Option<u64>, metrics: &str) -> NodeSnapshot {
+        NodeSnapshot {
+            url: "http://n".to_owned(),
+            cpu_ticks,
+            series: parse(metrics),
+        }
+    }
+
     #[test]
     fn costs_are_growth_per_message() {
         let before = Snapshot {
-            cpu_ticks: Some(100),
-            store_cpu_ticks: None,
-            series: parse(
+            nodes: vec![one_node(
+                Some(100),
                 "# HELP x\nswitchboard_store_calls_total{op=\"commit_rows\",ok=\"true\"} 10\n\
                  switchboard_persist_batch_size_sum 100\nswitchboard_persist_batch_size_count 4\n",
-            ),
+            )],
+            ..Snapshot::default()
         };
         let after = Snapshot {
-            cpu_ticks: Some(300),
-            store_cpu_ticks: None,
-            series: parse(
+            nodes: vec![one_node(
+                Some(300),
                 "switchboard_store_calls_total{op=\"commit_rows\",ok=\"true\"} 30\n\
                  switchboard_store_calls_total{op=\"get_device\",ok=\"true\"} 5\n\
                  switchboard_redis_commands_total 50\n\
                  switchboard_persist_batch_size_sum 700\nswitchboard_persist_batch_size_count 10\n",
-            ),
+            )],
+            ..Snapshot::default()
         };
         let c = ServerCosts::between(&before, &after, 100);
         assert_eq!(c.cpu_secs, Some(2.0));
@@ -291,5 +457,50 @@ mod tests {
         assert_eq!(c.redis_commands_per_msg, 0.5);
         assert_eq!(c.batches, 6.0);
         assert_eq!(c.mean_batch_rows, Some(100.0));
+        assert_eq!(c.redis_info_commands_per_msg, None);
+        assert!(c.per_node.is_empty());
+    }
+
+    #[test]
+    fn several_nodes_are_summed() {
+        let node = |cpu, mongo, redis| {
+            one_node(
+                cpu,
+                &format!(
+                    "switchboard_mongodb_commands_total{{command=\"insert\"}} {mongo}\n\
+                     switchboard_redis_commands_total {redis}\n"
+                ),
+            )
+        };
+        let calls = |publish: u64, info: u64| {
+            Some(BTreeMap::from([
+                ("publish".to_owned(), publish),
+                ("info".to_owned(), info),
+            ]))
+        };
+        let before = Snapshot {
+            nodes: vec![node(Some(100), 1, 10), node(Some(50), 2, 20)],
+            store_cpu_ticks: None,
+            redis_calls: calls(5, 1),
+        };
+        let after = Snapshot {
+            nodes: vec![node(Some(200), 11, 30), node(Some(250), 22, 60)],
+            store_cpu_ticks: None,
+            redis_calls: calls(65, 2),
+        };
+        let c = ServerCosts::between(&before, &after, 100);
+        assert_eq!(c.cpu_secs, Some(3.0));
+        assert_eq!(c.mongodb_commands_per_msg, 0.3);
+        assert_eq!(c.mongodb_commands["insert"], 30.0);
+        assert_eq!(c.redis_commands_per_msg, 0.6);
+        assert_eq!(c.redis_info_commands_per_msg, Some(0.6));
+        assert_eq!(c.redis_info_commands.len(), 1);
+        assert_eq!(c.per_node.len(), 2);
+        assert_eq!(c.per_node[1].cpu_secs, Some(2.0));
+        assert_eq!(c.per_node[1].redis_commands, 40.0);
+        // One node's CPU unreadable: no sum.
+        let mut partial = after.clone();
+        partial.nodes[0].cpu_ticks = None;
+        assert_eq!(ServerCosts::between(&before, &partial, 100).cpu_secs, None);
     }
 }

@@ -41,6 +41,14 @@ impl Api {
         &self.client
     }
 
+    /// The same client for another node at `base` (no trailing slash).
+    pub fn with_base(&self, base: &str) -> Api {
+        Api {
+            client: self.client.clone(),
+            base: base.to_owned(),
+        }
+    }
+
     /// A client for base URL `base` (no trailing slash) keeping up to `pool` idle
     /// connections.
     pub fn new(base: &str, pool: usize) -> Result<Self> {

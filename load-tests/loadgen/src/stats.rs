@@ -28,22 +28,64 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// A histogram for latencies in µs up to [`MAX_LATENCY_US`].
+fn histogram() -> Result<Histogram<u64>> {
+    Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).context("histogram bounds")
+}
+
+/// Latencies of one kind, overall and split by whether sender and recipient were
+/// connected to the same node (the split is recorded only with several nodes).
+pub struct Split {
+    /// Every sample.
+    pub all: Histogram<u64>,
+    /// Sender and recipient on different nodes.
+    pub cross: Histogram<u64>,
+    /// Sender and recipient on the same node.
+    pub same: Histogram<u64>,
+}
+
+impl Split {
+    fn new() -> Result<Self> {
+        Ok(Split {
+            all: histogram()?,
+            cross: histogram()?,
+            same: histogram()?,
+        })
+    }
+
+    /// Records `us`; `cross` says which part of the split it is in (`None`: one node).
+    fn record(&mut self, us: u64, cross: Option<bool>) {
+        self.all.saturating_record(us);
+        match cross {
+            Some(true) => self.cross.saturating_record(us),
+            Some(false) => self.same.saturating_record(us),
+            None => {}
+        }
+    }
+
+    fn add(&mut self, other: &Split) -> Result<()> {
+        self.all.add(&other.all).context("merging histograms")?;
+        self.cross.add(&other.cross).context("merging histograms")?;
+        self.same.add(&other.same).context("merging histograms")?;
+        Ok(())
+    }
+}
+
 /// One shard of the per-message measurements.
 pub struct Shard {
     /// Send → ack latency (µs).
-    ack: Histogram<u64>,
+    ack: Split,
     /// Send → delivery to the recipient (µs).
-    e2e: Histogram<u64>,
+    e2e: Split,
     /// Error answers by code.
     errors: HashMap<String, u64>,
 }
 
 impl Shard {
     fn new() -> Result<Self> {
-        let h = || Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).context("histogram bounds");
         Ok(Shard {
-            ack: h()?,
-            e2e: h()?,
+            ack: Split::new()?,
+            e2e: Split::new()?,
             errors: HashMap::new(),
         })
     }
@@ -52,9 +94,9 @@ impl Shard {
 /// All shards merged.
 pub struct Merged {
     /// Send → ack latency (µs).
-    pub ack: Histogram<u64>,
+    pub ack: Split,
     /// Send → delivery latency (µs).
-    pub e2e: Histogram<u64>,
+    pub e2e: Split,
     /// Error answers by code.
     pub errors: BTreeMap<String, u64>,
 }
@@ -66,6 +108,8 @@ pub struct Merged {
 pub struct Stats {
     /// Counted sends written to a socket.
     pub sent: AtomicU64,
+    /// Counted sends to a device connected to another node than the sender.
+    pub sent_cross: AtomicU64,
     /// Sends written during the warm-up (not counted).
     pub sent_warmup: AtomicU64,
     /// Counted sends acknowledged.
@@ -99,6 +143,7 @@ impl Stats {
             .collect::<Result<Vec<_>>>()?;
         Ok(Stats {
             sent: AtomicU64::new(0),
+            sent_cross: AtomicU64::new(0),
             sent_warmup: AtomicU64::new(0),
             acked: AtomicU64::new(0),
             acked_warmup: AtomicU64::new(0),
@@ -139,19 +184,24 @@ impl Stats {
         lock(&self.shards[conn % self.shards.len()])
     }
 
-    /// Records one written send (sent at Unix µs `t`).
+    /// Records one written send (sent at Unix µs `t`; `cross`: to a device connected
+    /// to another node).
     #[inline]
-    pub fn on_sent(&self, t: u64) {
+    pub fn on_sent(&self, t: u64, cross: bool) {
         if self.counted(t) {
             self.sent.fetch_add(1, Relaxed);
+            if cross {
+                self.sent_cross.fetch_add(1, Relaxed);
+            }
         } else {
             self.sent_warmup.fetch_add(1, Relaxed);
         }
     }
 
-    /// Records the ack of a send made at `t`, received at `now`.
+    /// Records the ack of a send made at `t`, received at `now` (`cross`: whether
+    /// sender and recipient were on different nodes; `None` on one node).
     #[inline]
-    pub fn on_ack(&self, conn: usize, t: u64, now: u64) {
+    pub fn on_ack(&self, conn: usize, t: u64, now: u64, cross: Option<bool>) {
         if self.frozen() {
             return;
         }
@@ -159,7 +209,7 @@ impl Stats {
             self.acked.fetch_add(1, Relaxed);
             self.shard(conn)
                 .ack
-                .saturating_record(now.saturating_sub(t).max(1));
+                .record(now.saturating_sub(t).max(1), cross);
         } else {
             self.acked_warmup.fetch_add(1, Relaxed);
         }
@@ -189,9 +239,10 @@ impl Stats {
         }
     }
 
-    /// Records the delivery of a message sent at `t`, received at `now`.
+    /// Records the delivery of a message sent at `t`, received at `now` (`cross` as
+    /// for [`Stats::on_ack`]).
     #[inline]
-    pub fn on_delivered(&self, conn: usize, t: u64, now: u64) {
+    pub fn on_delivered(&self, conn: usize, t: u64, now: u64, cross: Option<bool>) {
         if self.frozen() {
             return;
         }
@@ -199,7 +250,7 @@ impl Stats {
             self.delivered.fetch_add(1, Relaxed);
             self.shard(conn)
                 .e2e
-                .saturating_record(now.saturating_sub(t).max(1));
+                .record(now.saturating_sub(t).max(1), cross);
         } else {
             self.delivered_warmup.fetch_add(1, Relaxed);
         }
@@ -217,13 +268,13 @@ impl Stats {
 
     /// Merges the shards.
     pub fn merged(&self) -> Result<Merged> {
-        let mut ack = Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)?;
-        let mut e2e = Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)?;
+        let mut ack = Split::new()?;
+        let mut e2e = Split::new()?;
         let mut errors = BTreeMap::new();
         for s in &self.shards {
             let s = lock(s);
-            ack.add(&s.ack).context("merging histograms")?;
-            e2e.add(&s.e2e).context("merging histograms")?;
+            ack.add(&s.ack)?;
+            e2e.add(&s.e2e)?;
             for (code, n) in &s.errors {
                 *errors.entry(code.clone()).or_insert(0) += n;
             }
@@ -239,26 +290,29 @@ mod tests {
     #[test]
     fn counts_only_measured_window() {
         let s = Stats::new(2).expect("stats");
-        s.on_sent(5);
+        s.on_sent(5, true);
         assert_eq!(s.sent_warmup.load(Relaxed), 1);
         s.set_measure_start(100);
-        s.on_sent(50);
-        s.on_sent(150);
-        s.on_ack(0, 50, 60);
-        s.on_ack(1, 150, 250);
-        s.on_delivered(1, 150, 400);
+        s.on_sent(50, false);
+        s.on_sent(150, true);
+        s.on_ack(0, 50, 60, None);
+        s.on_ack(1, 150, 250, Some(true));
+        s.on_delivered(1, 150, 400, Some(true));
         s.on_error(0, Some(150), "rate_limited");
         s.on_error(1, Some(150), "rate_limited");
         assert_eq!(s.sent.load(Relaxed), 1);
+        assert_eq!(s.sent_cross.load(Relaxed), 1);
         assert_eq!(s.acked.load(Relaxed), 1);
         assert_eq!(s.delivered.load(Relaxed), 1);
         let crate::stats::Merged { ack, e2e, errors } = s.merged().expect("merge");
-        assert_eq!(ack.len(), 1);
-        assert_eq!(ack.max(), 100);
-        assert_eq!(e2e.max(), 250);
+        assert_eq!(ack.all.len(), 1);
+        assert_eq!(ack.all.max(), 100);
+        assert_eq!(ack.cross.len(), 1);
+        assert_eq!(ack.same.len(), 0);
+        assert_eq!(e2e.all.max(), 250);
         assert_eq!(errors.get("rate_limited"), Some(&2));
         s.freeze();
-        s.on_ack(0, 150, 250);
+        s.on_ack(0, 150, 250, None);
         assert_eq!(s.acked.load(Relaxed), 1);
     }
 }
