@@ -189,12 +189,10 @@ async fn running_session(state: &AppState, device_id: &str) -> Result<(String, S
     if let Some(session) = state.env.directory.running(device_id) {
         return Ok((device.tenant_id, Session::Here(session)));
     }
-    if let Some(cluster) = &state.env.cluster {
-        if let Some(owner) = state.env.store.get_owner(device_id).await? {
-            if !owner.clean && owner.node != cluster.me() && cluster.membership.alive(&owner.node) {
-                return Ok((device.tenant_id, Session::There(owner.node)));
-            }
-        }
+    // In a cluster another live node may run it (the directory's own routing answer).
+    let located = state.env.directory.locate(device_id).await;
+    if let Ok(actors::cluster::Locate::There(node)) = located {
+        return Ok((device.tenant_id, Session::There(node)));
     }
     Err(ApiError::new(
         protocol::ErrorCode::Conflict,

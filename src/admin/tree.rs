@@ -367,7 +367,7 @@ pub async fn build(state: &AppState, query: &TreeQuery) -> Result<Tree, ApiError
         tenants,
         devices,
         dispatcher: Some(dispatcher?),
-        cluster: crate::http::admin_cluster::snapshot(state).await,
+        cluster: crate::http::admin_cluster::snapshot(state),
     })
 }
 

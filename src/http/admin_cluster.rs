@@ -67,28 +67,39 @@ fn view(r: NodeRecord, me: &str, now: i64) -> NodeView {
     responses((status = 200, body = ClusterView), (status = 401, body = protocol::error::ErrorBody)))]
 #[get("/admin/cluster")]
 pub async fn cluster_view(_: AdminAuth, state: web::Data<AppState>) -> HttpResponse {
-    HttpResponse::Ok().json(snapshot(&state).await)
-}
-
-/// The cluster as this node sees it now (also part of the `/admin` tree).
-pub async fn snapshot(state: &AppState) -> ClusterView {
-    let env = &state.env;
-    let now = now_ms();
-    let (mode, membership) = match (&env.cluster, &state.solo_membership) {
-        (Some(c), _) => ("cluster", Some(c.membership.clone())),
-        (None, Some(m)) => ("solo_on_mongodb", Some(m.clone())),
-        (None, None) => ("solo", None),
-    };
-    let me = env.settings.node_id.clone();
-    let connections = env.stats.connections.load(Ordering::Relaxed);
-    let sessions = env.directory.running_count() as u64;
-    let draining = env.stats.draining.load(Ordering::Relaxed);
-    if let Some(m) = &membership {
+    if let Some(m) = membership(&state) {
         // Read the registry now rather than as of the last heartbeat.
         if let Err(e) = m.refresh().await {
             tracing::debug!(error = %e, "admin cluster view: registry not read");
         }
     }
+    HttpResponse::Ok().json(snapshot(&state))
+}
+
+/// The node registry this node keeps: the cluster's, or its own on MongoDB alone.
+fn membership(state: &AppState) -> Option<std::sync::Arc<actors::cluster::Membership>> {
+    match (&state.env.cluster, &state.solo_membership) {
+        (Some(c), _) => Some(c.membership.clone()),
+        (None, m) => m.clone(),
+    }
+}
+
+/// The cluster as this node last read it (every heartbeat), with this node's own
+/// figures live; also part of the `/admin` tree, which is built once a second and so
+/// reads no store for it.
+pub fn snapshot(state: &AppState) -> ClusterView {
+    let env = &state.env;
+    let now = now_ms();
+    let membership = membership(state);
+    let mode = match (&env.cluster, &membership) {
+        (Some(_), _) => "cluster",
+        (None, Some(_)) => "solo_on_mongodb",
+        (None, None) => "solo",
+    };
+    let me = env.settings.node_id.clone();
+    let connections = env.stats.connections.load(Ordering::Relaxed);
+    let sessions = env.directory.running_count() as u64;
+    let draining = env.stats.draining.load(Ordering::Relaxed);
     let mut nodes: Vec<NodeView> = match &membership {
         Some(m) => m.nodes().into_iter().map(|r| view(r, &me, now)).collect(),
         None => Vec::new(),

@@ -111,6 +111,26 @@ async fn devices(tenant: &Tenant, n: usize) -> Vec<Device> {
     out
 }
 
+/// Senders may connect to these nodes of `cluster`, in turn.
+fn route(cluster: &Cluster, nodes: &[usize]) -> Route {
+    Route {
+        ws_bases: nodes
+            .iter()
+            .map(|&i| cluster.node(i).ws_base.clone())
+            .collect(),
+    }
+}
+
+/// Every send was acked in the end (retried under its id through the fault).
+fn all_acked(tally: &Tally, cluster: &Cluster) {
+    assert_eq!(
+        tally.acked.len() as u64,
+        tally.sent,
+        "every send acked in the end\n{}",
+        cluster.logs()
+    );
+}
+
 /// Reads every recipient's inbox through `node` (checked gap-free) and checks the
 /// tally against them.
 async fn verify(
@@ -142,12 +162,7 @@ async fn sigkill_under_load_loses_nothing_acked() {
     for d in &to {
         held.push(cluster.connect(&t, d, 2).await);
     }
-    let route = Route {
-        ws_bases: vec![
-            cluster.node(0).ws_base.clone(),
-            cluster.node(1).ws_base.clone(),
-        ],
-    };
+    let route = route(&cluster, &[0, 1]);
     let load = Load::start(&t, &senders, &to, &route, 0);
     load.wait_acked(&cluster, 40).await;
     load.assert_midway(senders.len() * PER_SENDER);
@@ -156,12 +171,7 @@ async fn sigkill_under_load_loses_nothing_acked() {
     assert!(!status.success());
     drop(held);
     let tally = load.finish(false).await;
-    assert_eq!(
-        tally.acked.len() as u64,
-        tally.sent,
-        "every send acked in the end\n{}",
-        cluster.logs()
-    );
+    all_acked(&tally, &cluster);
     verify("SIGKILL", &cluster, &t, &to, 1, &tally).await;
 }
 
@@ -177,15 +187,8 @@ async fn sigstop_past_the_leases_is_fenced() {
     for d in &to {
         held.push(cluster.connect(&t, d, 1).await);
     }
-    let on_zero = Route {
-        ws_bases: vec![cluster.node(0).ws_base.clone()],
-    };
-    let on_one = Route {
-        ws_bases: vec![
-            cluster.node(1).ws_base.clone(),
-            cluster.node(0).ws_base.clone(),
-        ],
-    };
+    let on_zero = route(&cluster, &[0]);
+    let on_one = route(&cluster, &[1, 0]);
     let load = Load::start(&t, &senders, &to, &on_zero, 0);
     let paused = Load::start(&t, &paused_sender, &to, &on_one, 0);
     load.wait_acked(&cluster, 30).await;
@@ -211,12 +214,7 @@ async fn sigstop_past_the_leases_is_fenced() {
     all.sent += tally_paused.sent;
     all.refused += tally_paused.refused;
     all.acked.append(&mut tally_paused.acked);
-    assert_eq!(
-        all.acked.len() as u64,
-        all.sent,
-        "every send acked in the end\n{}",
-        cluster.logs()
-    );
+    all_acked(&all, &cluster);
     verify("SIGSTOP", &cluster, &t, &to, 0, &all).await;
     // And node 1 serves again after it rejoined.
     verify(
@@ -243,12 +241,7 @@ async fn sigterm_drains_with_1012_and_loses_nothing() {
     for d in &to {
         held.push(cluster.connect(&t, d, 1).await);
     }
-    let route = Route {
-        ws_bases: vec![
-            cluster.node(0).ws_base.clone(),
-            cluster.node(1).ws_base.clone(),
-        ],
-    };
+    let route = route(&cluster, &[0, 1]);
     let load = Load::start(&t, &senders, &to, &route, 0);
     load.wait_acked(&cluster, 30).await;
     let began = Instant::now();
@@ -274,12 +267,7 @@ async fn sigterm_drains_with_1012_and_loses_nothing() {
     );
     let tally = load.finish(false).await;
     eprintln!("drain took {drained_in:?}; reconnect to the other node {reconnect:?}");
-    assert_eq!(
-        tally.acked.len() as u64,
-        tally.sent,
-        "every send acked in the end\n{}",
-        cluster.logs()
-    );
+    all_acked(&tally, &cluster);
     verify("SIGTERM", &cluster, &t, &to, 1, &tally).await;
     drop(held);
 }
@@ -299,23 +287,13 @@ async fn dependency_restart_under_load(
     for d in &to {
         held.push(cluster.connect(&t, d, 1).await);
     }
-    let route = Route {
-        ws_bases: vec![
-            cluster.node(0).ws_base.clone(),
-            cluster.node(1).ws_base.clone(),
-        ],
-    };
+    let route = route(&cluster, &[0, 1]);
     let load = Load::start(&t, &senders, &to, &route, 0);
     load.wait_acked(&cluster, 30).await;
     load.assert_midway(senders.len() * PER_SENDER);
     restart.await;
     let tally = load.finish(false).await;
-    assert_eq!(
-        tally.acked.len() as u64,
-        tally.sent,
-        "every send acked in the end\n{}",
-        cluster.logs()
-    );
+    all_acked(&tally, &cluster);
     verify(label, &cluster, &t, &to, 0, &tally).await;
     drop(held);
     (cluster, t, to)
