@@ -5,7 +5,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::{web, App, HttpServer};
+use actix_http::HttpService;
+use actix_service::{map_config, IntoServiceFactory, ServiceFactoryExt};
+use actix_web::dev::AppConfig;
+use actix_web::{web, App};
 use actors::Env;
 use credentials::TokenKeys;
 use tokio::sync::watch;
@@ -175,7 +178,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     };
     let json_limit = config.max_request_bytes;
     let cors_origins = config.cors_allowed_origins.clone();
-    let server = HttpServer::new(move || {
+    let app = move || {
         App::new()
             .app_data(data.clone())
             .app_data(
@@ -189,16 +192,36 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             .wrap(crate::logging::RequestId)
             .configure(crate::http::configure)
             .configure(crate::admin::configure)
-            .service(crate::ws::upgrade)
+            .service(crate::ws::plain_get)
             .default_service(web::to(not_found))
-    })
-    .workers(workers)
-    .backlog(4096)
-    .max_connections(100_000)
-    .shutdown_timeout(config.shutdown_timeout_secs)
-    .disable_signals()
-    .listen(listener)?
-    .run();
+    };
+    // actix-web's `HttpServer`, built by hand for one addition: upgrade requests go to
+    // `ws::upgrade`, which serves WebSockets on their raw sockets (small buffers).
+    let builder = actix_server::Server::build();
+    let graceful = builder.graceful_shutdown_signal();
+    let ws_state = state.clone();
+    let server = builder
+        .workers(workers)
+        .backlog(4096)
+        .max_concurrent_connections(100_000)
+        .shutdown_timeout(config.shutdown_timeout_secs)
+        .disable_signals()
+        .listen("switchboard", listener, move || {
+            let graceful = graceful.clone();
+            let app = app()
+                .into_factory()
+                .map_err(|e: actix_web::Error| e.error_response());
+            HttpService::build()
+                .graceful_shutdown_signal(move || {
+                    let graceful = graceful.clone();
+                    async move { graceful.notified().await }
+                })
+                .local_addr(addr)
+                .upgrade(crate::ws::upgrade::factory(ws_state.clone()))
+                .finish(map_config(app, |_| AppConfig::default()))
+                .tcp()
+        })?
+        .run();
     let handle = server.handle();
     let task = tokio::spawn(server);
     Ok(Running {

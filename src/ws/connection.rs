@@ -1,11 +1,10 @@
-//! One WebSocket connection: a reader task (frames in, heartbeats, close) and a writer
-//! task (frames out from a bounded buffer). The reader parses and validates frames and
-//! hands them to the device session; it never blocks on a slow client.
+//! One WebSocket connection, served by one task: frames in from the socket, frames out
+//! from the device session's bounded buffer, heartbeats and close. Frames are parsed and
+//! validated here and handed to the device session; a slow client never blocks it.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix_ws::{AggregatedMessage, CloseCode, CloseReason, Session};
 use actors::conn::{next_conn_id, CloseSignal, ConnHandle, Frame, Progress};
 use actors::device::{routing, Attached, DeviceMsg, Responder, SendRequest};
 use actors::limits::{Control, ControlBudgets};
@@ -14,8 +13,19 @@ use protocol::error::close;
 use protocol::{ClientFrame, ErrorCode, ServerFrame};
 use tokio::sync::mpsc;
 
+use super::socket::{Incoming, InputError, Socket};
 use crate::http::messages::read_page;
 use crate::state::AppState;
+
+/// Bytes queued for the socket above which the connection stops taking more (frames
+/// wait in the session's buffer, and the client's input waits in the kernel).
+const OUTPUT_HIGH_WATER: usize = 64 * 1024;
+/// Longest time the final frames (and the close frame) may take to reach a slow reader.
+const CLOSE_FLUSH: Duration = Duration::from_secs(10);
+/// Longest time the answer to a client's close frame may take.
+const CLOSE_ECHO: Duration = Duration::from_secs(1);
+/// Longest wait for the client to close its side after the server's close frame.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
 /// A connection before it runs.
 pub struct Connection {
@@ -27,10 +37,12 @@ pub struct Connection {
     _slot: super::guard::OpenSlot,
 }
 
-/// How the reader loop ended.
+/// How the serving loop ended.
 enum End {
-    /// The client closed or vanished: nothing to send.
+    /// The client vanished: nothing to send.
     ClientGone,
+    /// The client closed: answer its close frame with this code.
+    ClientClosed(u16),
     /// Close with this code and reason.
     Close(u16, &'static str),
 }
@@ -68,52 +80,43 @@ impl Connection {
     }
 
     /// Attaches to the device session, sends `ready`, then serves frames until closed.
-    pub async fn run(self, mut session: Session, stream: actix_ws::MessageStream) {
-        let max = self.state.config.max_frame_bytes;
-        let mut stream = stream
-            .max_frame_size(max)
-            .aggregate_continuations()
-            .max_continuation_size(max);
-        let (tx, rx) = mpsc::channel::<Frame>(self.state.env.settings.outbound_buffer);
+    pub async fn run(self, mut socket: Socket) {
+        let (tx, mut rx) = mpsc::channel::<Frame>(self.state.env.settings.outbound_buffer);
         let progress = Arc::new(Progress::default());
-        let Some((attached, signal)) = self.attach(&tx, &progress).await else {
-            close_with(session, close::RESTARTING, "server restarting").await;
+        // Boxed (here and below): short-lived steps stay out of the connection's state.
+        let Some((attached, signal)) = Box::pin(self.attach(&tx, &progress)).await else {
+            socket.queue_close(close::RESTARTING, "server restarting");
+            Box::pin(socket.finish(CLOSE_ECHO, CLOSE_LINGER)).await;
             return;
         };
-        let last_seq = attached.last_seq;
         let ready = ServerFrame::Ready {
             device_id: &self.device.id,
             tenant_id: &self.device.tenant_id,
             address: &self.device.address,
-            last_seq,
+            last_seq: attached.last_seq,
             heartbeat_ms: self.state.config.heartbeat_ms,
         }
         .encode();
+        socket.queue_text(&ready);
+        drop(ready);
         let _open = crate::metrics::OpenConnection::open(&self.state.env);
         crate::metrics::ws().frames_out.increment(1);
-        let directory = &self.state.env.directory;
-        if session.text(ready).await.is_err() {
-            directory.detach(&self.device.id, self.id);
-            return;
-        }
-        tracing::debug!(last_seq, "connected");
-        let writer = actix_web::rt::spawn(write_frames(session.clone(), rx, progress));
+        tracing::debug!(last_seq = attached.last_seq, "connected");
         let end = self
-            .read_frames(&mut session, &mut stream, &tx, &signal, &attached.budgets)
+            .serve(&mut socket, &mut rx, &signal, &attached.budgets, &progress)
             .await;
-        writer.abort();
-        directory.detach(&self.device.id, self.id);
-        if let End::Close(code, reason) = end {
-            tracing::debug!(code, reason, "closing connection");
-            // A slow reader's socket may never drain: bound the close.
-            actix_web::rt::spawn(async move {
-                let _ = tokio::time::timeout(
-                    Duration::from_secs(10),
-                    close_with(session, code, reason),
-                )
-                .await;
-            });
-        }
+        self.state.env.directory.detach(&self.device.id, self.id);
+        let (code, reason, bound) = match end {
+            End::ClientGone => return,
+            End::ClientClosed(code) => (code, "", CLOSE_ECHO),
+            End::Close(code, reason) => {
+                tracing::debug!(code, reason, "closing connection");
+                (code, reason, CLOSE_FLUSH)
+            }
+        };
+        socket.queue_close(code, reason);
+        // A slow reader's socket may never drain: bound the close.
+        Box::pin(socket.finish(bound, CLOSE_LINGER)).await;
     }
 
     /// Attaches to the device's session, wherever it runs; retries while sessions stop
@@ -149,25 +152,42 @@ impl Connection {
         }
     }
 
-    async fn read_frames(
+    /// The connection's loop: reads and answers the client's frames, writes the
+    /// session's frames, sends heartbeats, and ends on a close from either side.
+    async fn serve(
         &self,
-        session: &mut Session,
-        stream: &mut actix_ws::AggregatedMessageStream,
-        tx: &mpsc::Sender<Frame>,
+        socket: &mut Socket,
+        rx: &mut mpsc::Receiver<Frame>,
         signal: &CloseSignal,
         budgets: &ControlBudgets,
+        progress: &Progress,
     ) -> End {
         let heartbeat = Duration::from_millis(self.state.config.heartbeat_ms.max(10));
+        let stall = self.state.env.settings.slow_consumer;
         let mut ticker = tokio::time::interval(heartbeat);
         ticker.tick().await;
         let mut last_heard = Instant::now();
+        let mut last_written = Instant::now();
         let now_s = (actors::clock::now_ms() / 1000) as u64;
         let expiry =
             tokio::time::sleep(Duration::from_secs(self.token_exp_s.saturating_sub(now_s)));
         tokio::pin!(expiry);
         let mut shutdown = self.state.shutdown.clone();
+        let frames_out = &crate::metrics::ws().frames_out;
         loop {
+            if socket.pending() > 0 {
+                match socket.write_available() {
+                    Ok(0) => {}
+                    Ok(_) => {
+                        last_written = Instant::now();
+                        progress.touch();
+                    }
+                    Err(_) => return End::ClientGone,
+                }
+            }
+            let room = socket.pending() < OUTPUT_HIGH_WATER;
             tokio::select! {
+                biased;
                 _ = signal.wait() => {
                     let code = signal.code().unwrap_or(close::RESTARTING);
                     return End::Close(code, close_reason(code));
@@ -175,68 +195,96 @@ impl Connection {
                 _ = &mut expiry => return End::Close(close::TOKEN_EXPIRED, "token expired"),
                 _ = shutdown.changed() => return End::Close(close::RESTARTING, "server restarting"),
                 _ = ticker.tick() => {
-                    if last_heard.elapsed() > heartbeat * 2 {
+                    if socket.pending() > 0 && last_written.elapsed() > stall {
+                        return End::Close(close::TOO_SLOW, "too slow");
+                    }
+                    // While output is full the client's input is not read: no timeout then.
+                    if room && last_heard.elapsed() > heartbeat * 2 {
                         return End::Close(close::HEARTBEAT_TIMEOUT, "heartbeat timeout");
                     }
-                    // A full socket buffer means a slow reader; the writer side handles it.
-                    let _ = tokio::time::timeout(Duration::from_millis(50), session.ping(b"hb")).await;
+                    if room {
+                        socket.queue_ping(b"hb");
+                    }
                 }
-                msg = stream.recv() => {
-                    last_heard = Instant::now();
-                    match msg {
-                        Some(Ok(AggregatedMessage::Text(text))) => {
-                            crate::metrics::ws().frames_in.increment(1);
-                            if let Err(end) = self.on_text(&text, tx, budgets).await {
-                                return end;
+                ready = socket.writable(), if socket.pending() > 0 => {
+                    if ready.is_err() {
+                        return End::ClientGone;
+                    }
+                }
+                ready = socket.readable(), if room => {
+                    match ready.map(|()| socket.read_available()) {
+                        Ok(Ok(true)) => last_heard = Instant::now(),
+                        _ => return End::ClientGone,
+                    }
+                    loop {
+                        match socket.next_message() {
+                            Ok(None) => break,
+                            Ok(Some(message)) => {
+                                if let Err(end) = self.on_message(message, socket, budgets).await {
+                                    return end;
+                                }
                             }
-                        }
-                        Some(Ok(AggregatedMessage::Binary(_))) => {
-                            crate::metrics::ws().frames_in.increment(1);
-                            let frame = error_frame(None, ErrorCode::BadRequest, "binary frames are not supported; send JSON text", None);
-                            if tx.try_send(frame).is_err() {
-                                return End::Close(close::TOO_SLOW, "too slow");
+                            Err(InputError::TooLarge) => {
+                                return End::Close(close::TOO_LARGE, "frame too large");
                             }
-                        }
-                        Some(Ok(AggregatedMessage::Ping(bytes))) => {
-                            let _ = tokio::time::timeout(Duration::from_millis(50), session.pong(&bytes)).await;
-                        }
-                        Some(Ok(AggregatedMessage::Pong(_))) => {}
-                        Some(Ok(AggregatedMessage::Close(_))) | None => return End::ClientGone,
-                        Some(Err(actix_ws::ProtocolError::Overflow)) => {
-                            return End::Close(close::TOO_LARGE, "frame too large");
-                        }
-                        // The aggregator reports an over-long fragmented message as I/O.
-                        Some(Err(actix_ws::ProtocolError::Io(e)))
-                            if e.to_string().contains("maximum continuation size") =>
-                        {
-                            return End::Close(close::TOO_LARGE, "message too large");
-                        }
-                        Some(Err(e)) => {
-                            tracing::debug!(error = %e, "protocol error");
-                            return End::Close(1002, "protocol error");
+                            Err(InputError::Protocol) => return End::Close(1002, "protocol error"),
                         }
                     }
+                }
+                frame = rx.recv(), if room => {
+                    let Some(frame) = frame else { return End::Close(close::RESTARTING, "server restarting") };
+                    socket.queue_text(&frame);
+                    let mut n = 1;
+                    while socket.pending() < OUTPUT_HIGH_WATER {
+                        let Ok(frame) = rx.try_recv() else { break };
+                        socket.queue_text(&frame);
+                        n += 1;
+                    }
+                    frames_out.increment(n);
                 }
             }
         }
     }
 
-    /// Handles one text frame. `Err` ends the connection.
-    async fn on_text(
+    /// Handles one message from the client; `Err` ends the connection.
+    async fn on_message(
         &self,
-        text: &str,
-        tx: &mpsc::Sender<Frame>,
+        message: Incoming,
+        socket: &mut Socket,
         budgets: &ControlBudgets,
     ) -> Result<(), End> {
-        let Some(frame) = self.answer(text, budgets).await else {
-            return Ok(());
-        };
-        // A direct answer waits for room in the buffer, as long as a reader may stall.
-        let stall = self.state.env.settings.slow_consumer;
-        match tokio::time::timeout(stall, tx.send(frame)).await {
-            Ok(Ok(())) => Ok(()),
-            _ => Err(End::Close(close::TOO_SLOW, "too slow")),
+        let frames_in = &crate::metrics::ws().frames_in;
+        match message {
+            Incoming::Text(bytes) => {
+                frames_in.increment(1);
+                let Ok(text) = std::str::from_utf8(&bytes) else {
+                    return Err(End::Close(1007, "text frame is not UTF-8"));
+                };
+                // Boxed: the answer's state exists only while a frame is handled, so an
+                // idle connection's task stays small.
+                if let Some(frame) = Box::pin(self.answer(text, budgets)).await {
+                    socket.queue_text(&frame);
+                    crate::metrics::ws().frames_out.increment(1);
+                }
+            }
+            Incoming::Binary => {
+                frames_in.increment(1);
+                let frame = error_frame(
+                    None,
+                    ErrorCode::BadRequest,
+                    "binary frames are not supported; send JSON text",
+                    None,
+                );
+                socket.queue_text(&frame);
+            }
+            Incoming::Ping(payload) => socket.queue_pong(&payload),
+            Incoming::Pong => {}
+            Incoming::Close(reason) => {
+                let code = reason.map_or(1000, |r| u16::from(r.code));
+                return Err(End::ClientClosed(code));
+            }
         }
+        Ok(())
     }
 
     /// Acts on one text frame; returns the frame to answer with directly, if any
@@ -367,31 +415,5 @@ fn close_reason(code: u16) -> &'static str {
         close::KICKED => "disconnected by an operator",
         close::TOO_LARGE => "frame too large",
         _ => "server restarting",
-    }
-}
-
-async fn close_with(session: Session, code: u16, reason: &str) {
-    let _ = session
-        .close(Some(CloseReason {
-            code: CloseCode::from(code),
-            description: Some(reason.to_owned()),
-        }))
-        .await;
-}
-
-/// Writes queued frames to the socket, in order, recording progress for the session's
-/// slow-reader check.
-async fn write_frames(
-    mut session: Session,
-    mut rx: mpsc::Receiver<Frame>,
-    progress: Arc<Progress>,
-) {
-    let frames_out = &crate::metrics::ws().frames_out;
-    while let Some(frame) = rx.recv().await {
-        if session.text(frame.to_string()).await.is_err() {
-            break;
-        }
-        progress.touch();
-        frames_out.increment(1);
     }
 }
