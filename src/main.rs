@@ -24,6 +24,11 @@ enum Command {
     Defaults,
 }
 
+/// mimalloc instead of the system allocator: the message path allocates small,
+/// short-lived buffers on every hop (docs/benchmarks.md has the comparison).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Serve) {

@@ -216,6 +216,12 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                     let graceful = graceful.clone();
                     async move { graceful.notified().await }
                 })
+                // actix-web's `HttpServer` defaults: without the disconnect timeout a
+                // connection closed with unread input (a refused upload) is reset, and the
+                // client may not see the answer.
+                .client_request_timeout(Duration::from_secs(5))
+                .client_disconnect_timeout(Duration::from_secs(1))
+                .h1_allow_half_closed(true)
                 .local_addr(addr)
                 .upgrade(crate::ws::upgrade::factory(ws_state.clone()))
                 .finish(map_config(app, |_| AppConfig::default()))

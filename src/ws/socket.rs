@@ -1,6 +1,6 @@
 //! The WebSocket framing (RFC 6455) of one connection on its raw TCP socket, with
-//! buffers that hold only what is in flight: reads go through a stack buffer, and the
-//! input and output buffers are released once empty, so an idle connection keeps no
+//! buffers that hold only what is in flight: the input and output buffers are
+//! released once empty, so an idle connection keeps no
 //! buffer at all (actix-http's dispatcher keeps 8 KiB + 8 KiB for a connection's life).
 //! Frame parsing and encoding are actix-http's (`ws::Parser`).
 
@@ -12,7 +12,7 @@ use bytes::{Buf, BytesMut};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-/// Bytes read from the socket in one call (a stack buffer, not kept per connection).
+/// Room made in the input buffer for one read.
 const READ_CHUNK: usize = 4096;
 /// An empty buffer above this capacity is released; below it, kept for the next frame.
 const KEEP_CAPACITY: usize = 512;
@@ -77,15 +77,13 @@ impl Socket {
     }
 
     /// Reads what the socket has, without waiting; `Ok(false)` when the client closed
-    /// its side.
+    /// its side. Reads into the input buffer's spare room (nothing to zero); a buffer
+    /// left empty afterwards is released by [`Socket::next_message`].
     pub fn read_available(&mut self) -> io::Result<bool> {
-        let mut chunk = [0u8; READ_CHUNK];
-        match self.io.try_read(&mut chunk) {
+        self.input.reserve(READ_CHUNK);
+        match self.io.try_read_buf(&mut self.input) {
             Ok(0) => Ok(false),
-            Ok(n) => {
-                self.input.extend_from_slice(&chunk[..n]);
-                Ok(true)
-            }
+            Ok(_) => Ok(true),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(true),
             Err(e) => Err(e),
         }
