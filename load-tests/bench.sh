@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Starts a release server on a fresh data dir, runs the load generator against it,
-# and stops the server (by its PID). Extra arguments go to loadgen.
+# and stops the server (by its PID). Extra arguments go to loadgen (a scenario name
+# first, if not one-to-one: `load-tests/bench.sh fan-out --group-size 256`). Every
+# rate and connection limit is lifted: all traffic comes from one loopback address.
 #   load-tests/bench.sh --devices 1000 --rate 20000 --duration 20
 # Environment:
 #   PORT        server port (default 3100)
@@ -36,6 +38,8 @@ stop() {
 trap stop EXIT
 env SWITCHBOARD_BIND=127.0.0.1:$PORT SWITCHBOARD_DATA_DIR="$DATA" SWITCHBOARD_CONFIG_DIR=/nonexistent \
   ADMIN_TOKEN=bench RATE_LIMIT_NORMAL=1000000000 RUST_LOG="${RUST_LOG:-warn}" \
+  SWITCHBOARD_TENANT_RATE_PER_MINUTE=0 SWITCHBOARD_GLOBAL_RATE_PER_MINUTE=0 \
+  SWITCHBOARD_IP_MAX_CONNECTIONS=0 SWITCHBOARD_IP_HANDSHAKES_PER_MINUTE=0 \
   "${BACKEND_ENV[@]}" ${SERVER_ENV:-} \
   target/release/switchboard serve > "$DATA/server.log" 2>&1 &
 PID=$!

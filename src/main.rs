@@ -24,11 +24,6 @@ enum Command {
     Defaults,
 }
 
-/// mimalloc instead of the system allocator: the message path allocates small,
-/// short-lived buffers on every hop (docs/benchmarks.md has the comparison).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Serve) {
@@ -45,6 +40,7 @@ fn serve() -> anyhow::Result<()> {
     switchboard::logging::init(&config.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .max_blocking_threads(switchboard::server::BLOCKING_THREADS)
         .build()?;
     runtime.block_on(async move {
         let data_dir = config.data_dir.clone();

@@ -114,7 +114,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     };
     let store: Arc<dyn Store> = Arc::new(Hooked::new(base, hook));
     let node_id = format!("n_{}", ulid::Ulid::new().to_string().to_lowercase());
-    let listener = std::net::TcpListener::bind(&config.bind)?;
+    let listener = listen(&config.bind)?;
     let addr = listener.local_addr()?;
     let advertised = config
         .advertise_url
@@ -202,8 +202,10 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let ws_state = state.clone();
     let server = builder
         .workers(workers)
-        .backlog(4096)
         .max_concurrent_connections(100_000)
+        // Store calls run on the blocking pool and wait for one of a few connections
+        // (SQLite): more threads only hold memory (a storm grew 500 per worker).
+        .worker_max_blocking_threads(BLOCKING_THREADS)
         .shutdown_timeout(config.shutdown_timeout_secs)
         .disable_signals()
         .listen("switchboard", listener, move || {
@@ -240,6 +242,32 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         shutdown_tx,
         root_join: Some(tree.join),
     })
+}
+
+/// Pending connections the kernel queues before they are accepted (a reconnect storm
+/// arrives at once; the default of 128 makes the rest retry their SYN after 1 s and 3 s).
+const LISTEN_BACKLOG: i32 = 4096;
+/// Threads of each runtime's blocking pool (store calls).
+pub const BLOCKING_THREADS: usize = 32;
+
+/// Binds the listening socket with [`LISTEN_BACKLOG`] (`std`'s bind listens with 128).
+fn listen(bind: &str) -> std::io::Result<std::net::TcpListener> {
+    use std::net::ToSocketAddrs;
+    let addr = bind.to_socket_addrs()?.next().ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("cannot resolve {bind}"),
+        )
+    })?;
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket.into())
 }
 
 /// Every session commits what it holds, releases its device and stops (bounded).

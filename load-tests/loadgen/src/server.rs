@@ -10,10 +10,7 @@ use futures_util::future::join_all;
 use serde::Serialize;
 
 use crate::redis_info;
-
-/// Kernel clock ticks per second of `utime`/`stime` (`USER_HZ`, 100 on Linux's
-/// user-space ABI on every common architecture).
-const TICKS_PER_SEC: f64 = 100.0;
+use crate::sys::{cpu_ticks, TICKS_PER_SEC};
 
 /// One node's counters at one moment.
 #[derive(Debug, Default, Clone)]
@@ -48,6 +45,8 @@ pub struct Sources {
     pub store_pid: Option<u32>,
     /// Port of the Redis on 127.0.0.1.
     pub redis_port: Option<u16>,
+    /// Whether the nodes serve Switchboard's `/metrics` (not in MQTT mode).
+    pub metrics: bool,
 }
 
 impl Snapshot {
@@ -57,11 +56,10 @@ impl Snapshot {
         let store_cpu_ticks = from.store_pid.and_then(cpu_ticks);
         let reads = from.urls.iter().enumerate().map(|(i, url)| async move {
             let cpu_ticks = from.pids.get(i).copied().and_then(cpu_ticks);
-            let series = match client.get(format!("{url}/metrics")).send().await {
-                Ok(res) if res.status().is_success() => {
-                    res.text().await.map(|t| parse(&t)).unwrap_or_default()
-                }
-                _ => BTreeMap::new(),
+            let series = if from.metrics {
+                fetch_metrics(client, url).await.unwrap_or_default()
+            } else {
+                BTreeMap::new()
             };
             NodeSnapshot {
                 url: url.clone(),
@@ -314,12 +312,14 @@ impl ServerCosts {
         if let Some(cpu) = self.store_cpu_secs {
             let _ = writeln!(s, "store CPU        {cpu:.2} s  (the --store-pid process)");
         }
-        let _ = writeln!(
-            s,
-            "store calls      {:.3}/msg  ({})",
-            self.store_calls_per_msg,
-            top(&self.store_calls)
-        );
+        if !self.store_calls.is_empty() {
+            let _ = writeln!(
+                s,
+                "store calls      {:.3}/msg  ({})",
+                self.store_calls_per_msg,
+                top(&self.store_calls)
+            );
+        }
         if !self.mongodb_commands.is_empty() {
             let _ = writeln!(
                 s,
@@ -368,21 +368,21 @@ fn round(v: f64) -> f64 {
     (v * 1000.0).round() / 1000.0
 }
 
-/// User + system ticks of `pid` from `/proc/<pid>/stat`.
-fn cpu_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    parse_cpu_ticks(&stat)
+/// Every series of `url`'s `/metrics`, if it answers.
+pub async fn fetch_metrics(client: &reqwest::Client, url: &str) -> Option<BTreeMap<String, f64>> {
+    match client.get(format!("{url}/metrics")).send().await {
+        Ok(res) if res.status().is_success() => res.text().await.ok().map(|t| parse(&t)),
+        _ => None,
+    }
 }
 
-/// Fields 14 and 15 (`utime`, `stime`) of a `/proc/<pid>/stat` line; the command name
-/// (field 2, in parentheses) may hold spaces, so fields are counted after its `)`.
-fn parse_cpu_ticks(stat: &str) -> Option<u64> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // `rest` starts at field 3 (state): utime is field 14, index 11.
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some(utime + stime)
+/// Sum of every series of family `name` (a gauge over all its labels).
+pub fn family_sum(series: &BTreeMap<String, f64>, name: &str) -> f64 {
+    series
+        .iter()
+        .filter(|(k, _)| family(k) == name)
+        .map(|(_, v)| v)
+        .sum()
 }
 
 /// Prometheus text exposition → `name{labels}` → value (comments skipped).
@@ -412,13 +412,6 @@ fn label_value<'a>(key: &'a str, label: &str) -> Option<&'a str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_cpu_ticks_after_the_command_name() {
-        let stat = "4242 (switch board) S 1 2 3 4 5 6 7 8 9 10 150 25 0 0 20 0";
-        assert_eq!(parse_cpu_ticks(stat), Some(175));
-        assert_eq!(parse_cpu_ticks("garbage"), None);
-    }
 
     fn one_node(cpu_ticks: Option<u64>, metrics: &str) -> NodeSnapshot {
         NodeSnapshot {
@@ -459,6 +452,9 @@ mod tests {
         assert_eq!(c.mean_batch_rows, Some(100.0));
         assert_eq!(c.redis_info_commands_per_msg, None);
         assert!(c.per_node.is_empty());
+        let series = parse("switchboard_connections 5\nswitchboard_persist_backlog_rows{writer=\"0\"} 2\nswitchboard_persist_backlog_rows{writer=\"1\"} 3\n");
+        assert_eq!(family_sum(&series, "switchboard_persist_backlog_rows"), 5.0);
+        assert_eq!(family_sum(&series, "switchboard_connections"), 5.0);
     }
 
     #[test]

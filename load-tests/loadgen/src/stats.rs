@@ -118,10 +118,19 @@ pub struct Stats {
     pub acked_warmup: AtomicU64,
     /// Counted sends answered with an error.
     pub errored: AtomicU64,
-    /// Counted messages received by their recipient.
+    /// Warm-up sends answered with an error.
+    pub errored_warmup: AtomicU64,
+    /// Deliveries the counted acks call for: one per 1:1 send, the group's other
+    /// connected members per group send.
+    pub expected: AtomicU64,
+    /// Counted messages received by their recipient (live or through `sync`).
     pub delivered: AtomicU64,
+    /// Of those, the ones that came in a `sync` page (the recipient was offline).
+    pub delivered_sync: AtomicU64,
     /// Warm-up messages received by their recipient.
     pub delivered_warmup: AtomicU64,
+    /// `sync`s that reached the `last_seq` of their connection's `ready`.
+    pub syncs: AtomicU64,
     /// Sends that could not be written (connection broken).
     pub write_failures: AtomicU64,
     /// Frames that were not valid JSON of the expected shape.
@@ -148,8 +157,12 @@ impl Stats {
             acked: AtomicU64::new(0),
             acked_warmup: AtomicU64::new(0),
             errored: AtomicU64::new(0),
+            errored_warmup: AtomicU64::new(0),
+            expected: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
+            delivered_sync: AtomicU64::new(0),
             delivered_warmup: AtomicU64::new(0),
+            syncs: AtomicU64::new(0),
             write_failures: AtomicU64::new(0),
             bad_frames: AtomicU64::new(0),
             measure_start_us: AtomicU64::new(u64::MAX),
@@ -157,6 +170,55 @@ impl Stats {
             shards,
             disconnects: Mutex::new(BTreeMap::new()),
         })
+    }
+
+    /// Starts over (between the steps of one run over the same connections): every
+    /// counter and histogram back to zero, nothing counted until the next
+    /// [`Stats::set_measure_start`]. Answers to earlier sends that arrive later carry an
+    /// earlier send time, so they land in the warm-up counters.
+    pub fn reset(&self) {
+        self.measure_start_us.store(u64::MAX, Relaxed);
+        for c in [
+            &self.sent,
+            &self.sent_cross,
+            &self.sent_warmup,
+            &self.acked,
+            &self.acked_warmup,
+            &self.errored,
+            &self.errored_warmup,
+            &self.expected,
+            &self.delivered,
+            &self.delivered_sync,
+            &self.delivered_warmup,
+            &self.syncs,
+            &self.write_failures,
+            &self.bad_frames,
+        ] {
+            c.store(0, Relaxed);
+        }
+        for s in &self.shards {
+            let mut guard = lock(s);
+            let s = &mut *guard;
+            for h in [&mut s.ack, &mut s.e2e] {
+                h.all.reset();
+                h.cross.reset();
+                h.same.reset();
+            }
+            s.errors.clear();
+        }
+        lock(&self.disconnects).clear();
+        self.frozen.store(false, Relaxed);
+    }
+
+    /// Sends written (warm-up included) and answers got for them (acks and errors,
+    /// warm-up included): the run is quiet when both are equal.
+    pub fn outstanding(&self) -> u64 {
+        let sent = self.sent.load(Relaxed) + self.sent_warmup.load(Relaxed);
+        let answered = self.acked.load(Relaxed)
+            + self.acked_warmup.load(Relaxed)
+            + self.errored.load(Relaxed)
+            + self.errored_warmup.load(Relaxed);
+        sent.saturating_sub(answered)
     }
 
     /// Sets the Unix µs from which messages are counted.
@@ -199,14 +261,16 @@ impl Stats {
     }
 
     /// Records the ack of a send made at `t`, received at `now` (`cross`: whether
-    /// sender and recipient were on different nodes; `None` on one node).
+    /// sender and recipient were on different nodes; `None` on one node); `fanout` is
+    /// the number of deliveries the send calls for.
     #[inline]
-    pub fn on_ack(&self, conn: usize, t: u64, now: u64, cross: Option<bool>) {
+    pub fn on_ack(&self, conn: usize, t: u64, now: u64, cross: Option<bool>, fanout: u64) {
         if self.frozen() {
             return;
         }
         if self.counted(t) {
             self.acked.fetch_add(1, Relaxed);
+            self.expected.fetch_add(fanout, Relaxed);
             self.shard(conn)
                 .ack
                 .record(now.saturating_sub(t).max(1), cross);
@@ -225,6 +289,9 @@ impl Stats {
             None => self.counted(now_us()),
         };
         if !counted {
+            if t.is_some() {
+                self.errored_warmup.fetch_add(1, Relaxed);
+            }
             return;
         }
         if t.is_some() {
@@ -239,8 +306,8 @@ impl Stats {
         }
     }
 
-    /// Records the delivery of a message sent at `t`, received at `now` (`cross` as
-    /// for [`Stats::on_ack`]).
+    /// Records the live delivery of a message sent at `t`, received at `now` (`cross`
+    /// as for [`Stats::on_ack`]).
     #[inline]
     pub fn on_delivered(&self, conn: usize, t: u64, now: u64, cross: Option<bool>) {
         if self.frozen() {
@@ -251,6 +318,20 @@ impl Stats {
             self.shard(conn)
                 .e2e
                 .record(now.saturating_sub(t).max(1), cross);
+        } else {
+            self.delivered_warmup.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Records a message sent at `t` that its recipient got in a `sync` page (it was
+    /// offline when it was sent); not in the end-to-end latency.
+    pub fn on_synced(&self, t: u64) {
+        if self.frozen() {
+            return;
+        }
+        if self.counted(t) {
+            self.delivered.fetch_add(1, Relaxed);
+            self.delivered_sync.fetch_add(1, Relaxed);
         } else {
             self.delivered_warmup.fetch_add(1, Relaxed);
         }
@@ -295,8 +376,8 @@ mod tests {
         s.set_measure_start(100);
         s.on_sent(50, false);
         s.on_sent(150, true);
-        s.on_ack(0, 50, 60, None);
-        s.on_ack(1, 150, 250, Some(true));
+        s.on_ack(0, 50, 60, None, 1);
+        s.on_ack(1, 150, 250, Some(true), 63);
         s.on_delivered(1, 150, 400, Some(true));
         s.on_error(0, Some(150), "rate_limited");
         s.on_error(1, Some(150), "rate_limited");
@@ -304,6 +385,7 @@ mod tests {
         assert_eq!(s.sent_cross.load(Relaxed), 1);
         assert_eq!(s.acked.load(Relaxed), 1);
         assert_eq!(s.delivered.load(Relaxed), 1);
+        assert_eq!(s.expected.load(Relaxed), 63);
         let crate::stats::Merged { ack, e2e, errors } = s.merged().expect("merge");
         assert_eq!(ack.all.len(), 1);
         assert_eq!(ack.all.max(), 100);
@@ -312,7 +394,31 @@ mod tests {
         assert_eq!(e2e.all.max(), 250);
         assert_eq!(errors.get("rate_limited"), Some(&2));
         s.freeze();
-        s.on_ack(0, 150, 250, None);
+        s.on_ack(0, 150, 250, None, 1);
         assert_eq!(s.acked.load(Relaxed), 1);
+    }
+
+    #[test]
+    fn reset_starts_over_and_late_answers_are_warm_up() {
+        let s = Stats::new(2).expect("stats");
+        s.set_measure_start(100);
+        s.on_sent(150, false);
+        s.on_sent(160, false);
+        s.on_ack(0, 150, 250, None, 1);
+        s.on_synced(150);
+        assert_eq!(s.delivered_sync.load(Relaxed), 1);
+        assert_eq!(s.outstanding(), 1);
+        s.freeze();
+        s.reset();
+        assert_eq!(s.sent.load(Relaxed), 0);
+        assert_eq!(s.merged().expect("merge").ack.all.len(), 0);
+        s.set_measure_start(1_000);
+        // The answer to the send at 160 arrives after the reset.
+        s.on_ack(0, 160, 1_100, None, 1);
+        assert_eq!(s.acked.load(Relaxed), 0);
+        assert_eq!(s.acked_warmup.load(Relaxed), 1);
+        s.on_error(0, Some(170), "rate_limited");
+        assert_eq!(s.errored_warmup.load(Relaxed), 1);
+        assert!(s.merged().expect("merge").errors.is_empty());
     }
 }
