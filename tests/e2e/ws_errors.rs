@@ -531,3 +531,49 @@ async fn rate_limit_over_websocket() {
     // The connection is still usable.
     wa.ping("after").await;
 }
+
+/// A text frame that is not UTF-8 closes with 1007.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_that_is_not_utf8_closes_with_1007() {
+    let server = TestServer::start().await;
+    let t = server.tenant().await;
+    let d = t.device().await;
+    let mut ws = t.connect(&d).await;
+    let not_utf8 = vec![b'{', 0xFF, 0xFE, b'}'];
+    ws.stream
+        .send(Message::Frame(Frame::message(
+            not_utf8,
+            OpCode::Data(Data::Text),
+            true,
+        )))
+        .await
+        .unwrap();
+    assert_eq!(ws.expect_close().await, 1007);
+}
+
+/// A frame whose header declares more than `max_frame_bytes` is refused with 1009 at
+/// once: the server does not wait for (or buffer) the payload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_over_long_declared_length_closes_before_the_payload() {
+    use tokio::io::AsyncWriteExt;
+    let server = TestServer::start_with(|c| c.max_frame_bytes = 1024).await;
+    let t = server.tenant().await;
+    let d = t.device().await;
+    let mut ws = t.connect(&d).await;
+    // A masked text frame header declaring 1 GiB, and no payload.
+    let mut header = vec![0x81, 0x80 | 127];
+    header.extend_from_slice(&(1u64 << 30).to_be_bytes());
+    header.extend_from_slice(&[1, 2, 3, 4]);
+    let tokio_tungstenite::MaybeTlsStream::Plain(tcp) = ws.stream.get_mut() else {
+        panic!("expected a plain TCP stream");
+    };
+    tcp.write_all(&header).await.unwrap();
+    tcp.flush().await.unwrap();
+    let started = Instant::now();
+    assert_eq!(ws.expect_close().await, 1009);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "closed after {:?}",
+        started.elapsed()
+    );
+}
