@@ -74,7 +74,8 @@ impl Progress {
         self.last_write_ms.store(monotonic_ms(), Ordering::Relaxed);
     }
 
-    fn idle_for(&self) -> Duration {
+    /// How long since a frame was last written.
+    pub fn idle_for(&self) -> Duration {
         let last = self.last_write_ms.load(Ordering::Relaxed);
         Duration::from_millis(monotonic_ms().saturating_sub(last))
     }

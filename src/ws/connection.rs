@@ -83,6 +83,8 @@ impl Connection {
     pub async fn run(self, mut socket: Socket) {
         let (tx, mut rx) = mpsc::channel::<Frame>(self.state.env.settings.outbound_buffer);
         let progress = Arc::new(Progress::default());
+        // The slow-reader clock starts at the connect.
+        progress.touch();
         // Boxed (here and below): short-lived steps stay out of the connection's state.
         let Some((attached, signal)) = Box::pin(self.attach(&tx, &progress)).await else {
             socket.queue_close(close::RESTARTING, "server restarting");
@@ -97,10 +99,9 @@ impl Connection {
             heartbeat_ms: self.state.config.heartbeat_ms,
         }
         .encode();
-        socket.queue_text(&ready);
+        send_text(&mut socket, &ready);
         drop(ready);
         let _open = crate::metrics::OpenConnection::open(&self.state.env);
-        crate::metrics::ws().frames_out.increment(1);
         tracing::debug!(last_seq = attached.last_seq, "connected");
         let end = self
             .serve(&mut socket, &mut rx, &signal, &attached.budgets, &progress)
@@ -167,21 +168,16 @@ impl Connection {
         let mut ticker = tokio::time::interval(heartbeat);
         ticker.tick().await;
         let mut last_heard = Instant::now();
-        let mut last_written = Instant::now();
         let now_s = (actors::clock::now_ms() / 1000) as u64;
         let expiry =
             tokio::time::sleep(Duration::from_secs(self.token_exp_s.saturating_sub(now_s)));
         tokio::pin!(expiry);
         let mut shutdown = self.state.shutdown.clone();
-        let frames_out = &crate::metrics::ws().frames_out;
         loop {
             if socket.pending() > 0 {
                 match socket.write_available() {
                     Ok(0) => {}
-                    Ok(_) => {
-                        last_written = Instant::now();
-                        progress.touch();
-                    }
+                    Ok(_) => progress.touch(),
                     Err(_) => return End::ClientGone,
                 }
             }
@@ -195,7 +191,7 @@ impl Connection {
                 _ = &mut expiry => return End::Close(close::TOKEN_EXPIRED, "token expired"),
                 _ = shutdown.changed() => return End::Close(close::RESTARTING, "server restarting"),
                 _ = ticker.tick() => {
-                    if socket.pending() > 0 && last_written.elapsed() > stall {
+                    if socket.pending() > 0 && progress.idle_for() > stall {
                         return End::Close(close::TOO_SLOW, "too slow");
                     }
                     // While output is full the client's input is not read: no timeout then.
@@ -233,14 +229,11 @@ impl Connection {
                 }
                 frame = rx.recv(), if room => {
                     let Some(frame) = frame else { return End::Close(close::RESTARTING, "server restarting") };
-                    socket.queue_text(&frame);
-                    let mut n = 1;
+                    send_text(socket, &frame);
                     while socket.pending() < OUTPUT_HIGH_WATER {
                         let Ok(frame) = rx.try_recv() else { break };
-                        socket.queue_text(&frame);
-                        n += 1;
+                        send_text(socket, &frame);
                     }
-                    frames_out.increment(n);
                 }
             }
         }
@@ -263,8 +256,7 @@ impl Connection {
                 // Boxed: the answer's state exists only while a frame is handled, so an
                 // idle connection's task stays small.
                 if let Some(frame) = Box::pin(self.answer(text, budgets)).await {
-                    socket.queue_text(&frame);
-                    crate::metrics::ws().frames_out.increment(1);
+                    send_text(socket, &frame);
                 }
             }
             Incoming::Binary => {
@@ -275,7 +267,7 @@ impl Connection {
                     "binary frames are not supported; send JSON text",
                     None,
                 );
-                socket.queue_text(&frame);
+                send_text(socket, &frame);
             }
             Incoming::Ping(payload) => socket.queue_pong(&payload),
             Incoming::Pong => {}
@@ -381,6 +373,12 @@ impl Connection {
             }
         }
     }
+}
+
+/// Queues a text frame for the client and counts it.
+fn send_text(socket: &mut Socket, text: &str) {
+    socket.queue_text(text);
+    crate::metrics::ws().frames_out.increment(1);
 }
 
 fn control_name(what: Control) -> &'static str {

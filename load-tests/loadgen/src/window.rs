@@ -11,6 +11,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::cli::Args;
 use crate::conn::{Peer, Phase, Plan};
 use crate::server::{Snapshot, Sources};
 use crate::stats::{now_us, Stats};
@@ -31,6 +32,22 @@ pub struct Window {
     pub drain_timeout: Duration,
     /// Progress line period.
     pub progress_every: Duration,
+}
+
+impl Window {
+    /// The window the common options describe, at `rate` over `senders`: drained for
+    /// at most 5 s, a progress line every second.
+    pub fn from_args(args: &Args, rate: f64, senders: usize) -> Self {
+        Window {
+            rate,
+            senders,
+            warmup: args.warmup(),
+            duration: args.duration(),
+            body_bytes: args.body_bytes,
+            drain_timeout: Duration::from_secs(5),
+            progress_every: Duration::from_secs(1),
+        }
+    }
 }
 
 /// What the window leaves for the report.

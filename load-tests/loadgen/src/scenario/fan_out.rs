@@ -7,7 +7,6 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use futures_util::{stream, StreamExt, TryStreamExt};
@@ -168,15 +167,7 @@ pub async fn run(args: &Args, o: &FanOutOpts) -> Result<Output> {
         bail!("no sending member could connect");
     }
     let rss_connected = server_rss(args);
-    let win = Window {
-        rate: args.rate(),
-        senders,
-        warmup: args.warmup(),
-        duration: args.duration(),
-        body_bytes: args.body_bytes,
-        drain_timeout: Duration::from_secs(5),
-        progress_every: Duration::from_secs(1),
-    };
+    let win = Window::from_args(args, args.rate(), senders);
     let out = window::run(
         &win,
         apis[0].client(),

@@ -258,15 +258,7 @@ pub async fn run(args: &Args, o: &MaxRateOpts) -> Result<Output> {
         }
         eprintln!("--- step {}: {rate} msg/s", steps.len() + 1);
         stats.reset();
-        let win = Window {
-            rate,
-            senders: conns.opened(),
-            warmup: args.warmup(),
-            duration: args.duration(),
-            body_bytes: args.body_bytes,
-            drain_timeout: Duration::from_secs(5),
-            progress_every: Duration::from_secs(1),
-        };
+        let win = Window::from_args(args, rate, conns.opened());
         let out = window::run(
             &win,
             &client,

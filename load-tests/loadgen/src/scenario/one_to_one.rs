@@ -91,15 +91,7 @@ pub async fn run(args: &Args, scenario: &'static str) -> Result<Output> {
         if connections < 2 {
             eprintln!("warning: at least 2 connections are needed to send; not sending");
         } else {
-            let win = Window {
-                rate: args.rate(),
-                senders: connections,
-                warmup: args.warmup(),
-                duration: args.duration(),
-                body_bytes: args.body_bytes,
-                drain_timeout: Duration::from_secs(5),
-                progress_every: Duration::from_secs(1),
-            };
+            let win = Window::from_args(args, args.rate(), connections);
             let out = window::run(
                 &win,
                 &client,

@@ -265,13 +265,9 @@ pub async fn run(args: &Args, o: &SoakOpts) -> Result<Output> {
     let calm_from = now + Duration::from_secs_f64((total - o.calm_end).max(0.0));
     let _ = churn.window.set((now, calm_from));
     let win = Window {
-        rate: args.rate(),
-        senders: conns.opened(),
-        warmup: args.warmup(),
-        duration: args.duration(),
-        body_bytes: args.body_bytes,
         drain_timeout: Duration::from_secs(15),
         progress_every: Duration::from_secs(10),
+        ..Window::from_args(args, args.rate(), conns.opened())
     };
     let out = window::run(
         &win,
