@@ -36,6 +36,8 @@ pub struct Config {
     pub max_bulk_bytes: usize,
     /// Largest `PUT /v1/devices/{id}/contacts` body (bytes).
     pub max_contacts_bytes: usize,
+    /// Largest `POST /v1/media` upload (bytes); a larger one is refused with 413.
+    pub max_media_bytes: u64,
     /// Server ping period; a client silent for two periods is dropped.
     pub heartbeat_ms: u64,
     /// Frames buffered per connection in its channel (more wait in an overflow queue).
@@ -205,6 +207,7 @@ impl Default for Config {
             max_request_bytes: 64 * 1024,
             max_bulk_bytes: 16 * 1024 * 1024,
             max_contacts_bytes: 16 * 1024 * 1024,
+            max_media_bytes: 16 * 1024 * 1024,
             heartbeat_ms: 30_000,
             outbound_buffer: 1024,
             slow_consumer_ms: 2000,

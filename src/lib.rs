@@ -9,6 +9,7 @@ pub mod config;
 pub mod error;
 pub mod http;
 pub mod logging;
+pub mod media;
 pub mod metrics;
 pub mod secrets;
 pub mod server;

@@ -224,7 +224,7 @@ fn refresh_gauges(state: &AppState) {
 /// `GET /metrics`: Prometheus text format (version 0.0.4), every family with HELP and
 /// TYPE. Unauthenticated, like `/health`, so Prometheus can scrape it.
 #[utoipa::path(get, path = "/metrics", tag = "operations",
-    responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain")))]
+    responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain", body = String)))]
 #[get("/metrics")]
 pub async fn prometheus(state: web::Data<AppState>) -> HttpResponse {
     refresh_gauges(&state);

@@ -62,7 +62,12 @@ pub enum StartError {
 /// embedded SQLite file in the data directory.
 /// The store of the configuration, as the server uses it, and the MongoDB store itself
 /// when it is one (for what only MongoDB deployments need: secrets shared by nodes).
-type OpenStore = (Arc<dyn Store>, Arc<dyn StoreAdmin>, Option<Arc<MongoStore>>);
+type OpenStore = (
+    Arc<dyn Store>,
+    Arc<dyn StoreAdmin>,
+    Option<Arc<MongoStore>>,
+    Arc<dyn crate::media::MediaStore>,
+);
 
 async fn open_store(config: &Config) -> Result<OpenStore, StartError> {
     match config.mongodb_uri.as_ref().filter(|u| !u.is_empty()) {
@@ -70,7 +75,8 @@ async fn open_store(config: &Config) -> Result<OpenStore, StartError> {
             let settings = config.mongo_settings(uri);
             tracing::info!(uri = %redacted_uri(uri), "store: MongoDB");
             let mongo = Arc::new(MongoStore::connect(settings).await?);
-            Ok((mongo.clone(), mongo.clone(), Some(mongo)))
+            let media = Arc::new(crate::store::mongo::MongoMedia::new(&mongo));
+            Ok((mongo.clone(), mongo.clone(), Some(mongo), media))
         }
         None => {
             let full_sync = config.sqlite_synchronous.eq_ignore_ascii_case("full");
@@ -78,7 +84,11 @@ async fn open_store(config: &Config) -> Result<OpenStore, StartError> {
                 &config.data_dir.join("switchboard.db"),
                 full_sync,
             )?);
-            Ok((sqlite.clone(), sqlite, None))
+            let media = Arc::new(crate::store::sqlite::SqliteMedia::new(
+                (*sqlite).clone(),
+                config.data_dir.join("media"),
+            )?);
+            Ok((sqlite.clone(), sqlite, None, media))
         }
     }
 }
@@ -88,7 +98,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     // Before the actor environment exists, so its metric handles reach the recorder.
     crate::metrics::install();
     std::fs::create_dir_all(&config.data_dir)?;
-    let (base, store_admin, mongo) = open_store(&config).await?;
+    let (base, store_admin, mongo, media_store) = open_store(&config).await?;
     // Unset secrets are generated once: in the data directory on the embedded store, in
     // the database on MongoDB (so every node of a deployment accepts the same tokens).
     let secret = |name: &'static str, configured: &Option<String>| {
@@ -136,6 +146,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         .map(|c| crate::cluster::budgets::connect(c, &config.redis_prefix));
     let budgets = budgets.transpose().map_err(StartError::Config)?;
     let env = Env::new(store, cache, settings, config.test_hooks, cluster, budgets);
+    // Before the tree starts: its dispatcher runs media jobs through it.
+    let media = crate::media::start(&config, media_store);
+    let _ = env.media.set(media.clone());
     if let Some(client) = bus_client {
         crate::cluster::redis::spawn_receiver(
             client,
@@ -162,6 +175,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         solo_membership,
         store_faults,
         store_admin,
+        media,
         timing,
         admin_token: admin_token.clone(),
         tokens: TokenKeys::new(&jwt_secret),

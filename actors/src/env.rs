@@ -40,6 +40,8 @@ pub struct Env {
     pub dispatcher: DispatcherHandle,
     /// This node's part in a cluster (`None` on one node: everything is local).
     pub cluster: Option<Arc<Cluster>>,
+    /// Media processing and lookups, set by the server before the tree starts.
+    pub media: crate::media::MediaSlot,
 }
 
 impl Env {
@@ -68,6 +70,7 @@ impl Env {
             stats: Stats::default(),
             test_hooks,
             faults: TestFaults::default(),
+            media: crate::media::MediaSlot::new(),
         })
     }
 

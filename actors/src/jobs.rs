@@ -82,6 +82,15 @@ pub enum JobKind {
     Message,
     /// Upsert a device's contacts (`body` is the JSON array), with progress.
     Contacts,
+    /// Group sync: create or replace a tenant's groups (`body` is the JSON array of
+    /// [`protocol::rest::GroupUpsert`] with resolved ids), with progress. No device.
+    Groups,
+    /// A system notification: one message from the tenant's reserved `system` device
+    /// (the job's device) to each address of `body`'s list, with progress.
+    Notification,
+    /// Process an uploaded file (`body` is the media id): size, SHA-256, type, image
+    /// dimensions and a thumbnail, with progress (see `crate::media`).
+    Media,
 }
 
 impl JobKind {
@@ -90,6 +99,9 @@ impl JobKind {
         match self {
             JobKind::Message => "message",
             JobKind::Contacts => "contacts",
+            JobKind::Groups => "groups",
+            JobKind::Notification => "notification",
+            JobKind::Media => "media",
         }
     }
 
@@ -98,6 +110,9 @@ impl JobKind {
         match s {
             "message" => Some(JobKind::Message),
             "contacts" => Some(JobKind::Contacts),
+            "groups" => Some(JobKind::Groups),
+            "notification" => Some(JobKind::Notification),
+            "media" => Some(JobKind::Media),
             _ => None,
         }
     }
@@ -140,7 +155,7 @@ pub struct JobRecord {
     pub created_at: i64,
     /// Last change (Unix ms).
     pub updated_at: i64,
-    /// Progress: items done (contact syncs).
+    /// Progress: items done (contact, group syncs and notifications).
     pub progress_done: u64,
     /// Progress: items in all (contact syncs).
     pub progress_total: u64,

@@ -26,6 +26,7 @@ pub mod dispatcher;
 pub mod env;
 pub mod jobs;
 pub mod limits;
+pub mod media;
 pub mod metrics;
 pub mod persistence;
 pub mod root;

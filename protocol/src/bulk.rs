@@ -21,20 +21,21 @@ pub const MAX_CAMPAIGN_RECIPIENTS: usize = 100_000;
 pub struct BulkRequest {
     /// Up to 10,000 `{device, to | group, body, priority?, send_at?}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "openapi", schema(value_type = Option<Vec<Object>>))]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Vec<Object>>, max_items = 10_000))]
     pub messages: Option<Vec<Box<RawValue>>>,
     /// Campaign form: the sending device.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<String>,
-    /// Campaign form: up to 100,000 recipient addresses.
+    /// Campaign form: up to 100,000 recipient addresses (E.164).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "openapi", schema(value_type = Option<Vec<String>>))]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Vec<String>>, max_items = 100_000))]
     pub to: Option<Box<RawValue>>,
-    /// Campaign form: the body (a JSON object) every recipient gets.
+    /// Campaign form: the body (a JSON object, at most `max_message_bytes`) every
+    /// recipient gets.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     pub body: Option<Box<RawValue>>,
-    /// Campaign form: the lane (default normal).
+    /// Campaign form: the lane, `critical`, `high`, `normal` or `low` (default normal).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<String>,
     /// Not before this time (Unix ms).

@@ -4,6 +4,7 @@
 //! the load generator so that every side agrees on field names. JSON shapes are pinned by
 //! the snapshot tests in `tests/shapes.rs`.
 
+pub mod background;
 pub mod bulk;
 pub mod error;
 pub mod frames;

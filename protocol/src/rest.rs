@@ -2,13 +2,14 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::frames::{MessageItem, Priority};
+use crate::frames::{MessageItem, Priority, ReceiptStatus};
 
 /// `POST /admin/tenants` body.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreateTenant {
-    /// Display name.
+    /// Display name: 1 to 200 bytes after trimming.
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 200))]
     pub name: String,
 }
 
@@ -29,9 +30,14 @@ pub struct TenantCreated {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreateDevice {
     /// E.164 address, unique within the tenant.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(pattern = r"^\+[1-9][0-9]{1,14}$", max_length = 16)
+    )]
     pub address: String,
-    /// Display name.
+    /// Display name, at most 200 bytes.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(max_length = 200))]
     pub name: Option<String>,
 }
 
@@ -70,6 +76,7 @@ pub struct DeviceList {
 pub struct CreateToken {
     /// Lifetime in seconds (default from configuration, at most 30 days).
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 2_592_000))]
     pub ttl_secs: Option<u64>,
 }
 
@@ -88,9 +95,14 @@ pub struct TokenCreated {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Contact {
     /// E.164 address.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(pattern = r"^\+[1-9][0-9]{1,14}$", max_length = 16)
+    )]
     pub address: String,
-    /// Display name.
+    /// Display name, at most 200 bytes.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(max_length = 200))]
     pub name: Option<String>,
 }
 
@@ -98,7 +110,8 @@ pub struct Contact {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Contacts {
-    /// The contacts.
+    /// The contacts: up to 10,000 are upserted at once; more run as a background job
+    /// (the body is bounded by `max_contacts_bytes`, 16 MiB by default).
     pub contacts: Vec<Contact>,
 }
 
@@ -117,9 +130,11 @@ pub struct Upserted {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreateGroup {
-    /// Display name.
+    /// Display name: 1 to 200 bytes after trimming.
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 200))]
     pub name: String,
-    /// Member addresses (devices of the tenant).
+    /// Member addresses (E.164), at most 1024 after removing duplicates.
+    #[cfg_attr(feature = "openapi", schema(max_items = 1024))]
     pub members: Vec<String>,
 }
 
@@ -141,7 +156,8 @@ pub struct Group {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct GroupMembers {
-    /// Addresses to add.
+    /// Addresses (E.164) to add; the group has at most 1024 members.
+    #[cfg_attr(feature = "openapi", schema(max_items = 1024))]
     pub members: Vec<String>,
 }
 
@@ -154,18 +170,24 @@ pub const MAX_GROUP_MEMBERS: usize = 1024;
 pub struct SendMessage {
     /// Recipient address (or use `group`).
     #[serde(default)]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(pattern = r"^\+[1-9][0-9]{1,14}$", max_length = 16)
+    )]
     pub to: Option<String>,
     /// Recipient group (or use `to`).
     #[serde(default)]
     pub group: Option<String>,
-    /// Message body: a JSON object.
+    /// Message body: a JSON object of at most `max_message_bytes` (64 KiB by default),
+    /// nested at most 64 levels, every number finite.
     #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub body: Box<serde_json::value::RawValue>,
     /// Rate tier (default normal).
     #[serde(default)]
     pub priority: Option<Priority>,
-    /// Optional idempotency key (same rules as the WebSocket `id`).
+    /// Optional idempotency key (same rules as the WebSocket `id`: at most 64 bytes).
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(max_length = 64))]
     pub id: Option<String>,
 }
 
@@ -185,12 +207,46 @@ pub struct MessageAccepted {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MessagePage {
-    /// Messages in seq order.
+    /// Messages (and, in the sender's inbox, statuses of its messages) in seq order.
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<PageEntry>))]
     pub items: Vec<MessageItem>,
     /// Pass as `after_seq` for the next page.
     pub next_after_seq: u64,
     /// Whether more follow.
     pub more: bool,
+}
+
+/// One entry of an inbox page (schema of [`MessagePage::items`]): a message, or a
+/// status of a message the inbox owner sent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub enum PageEntry {
+    /// A message sent or received.
+    Message(MessageItem),
+    /// A recipient's receipt for a message the owner sent.
+    Status(StatusItem),
+}
+
+/// A stored status as an inbox page lists it (the same JSON as the WebSocket
+/// `status` frame, with its `seq`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct StatusItem {
+    /// Always `"status"`.
+    #[serde(rename = "type")]
+    #[cfg_attr(feature = "openapi", schema(pattern = "^status$"))]
+    pub kind: String,
+    /// The message reported on.
+    pub message_id: String,
+    /// Delivered or read.
+    pub status: ReceiptStatus,
+    /// Address of the recipient that reported it.
+    pub by: String,
+    /// When the server got the receipt (Unix ms).
+    pub ts: i64,
+    /// Position in the sender's inbox.
+    pub seq: u64,
 }
 
 /// Where one recipient's copy of a message is.

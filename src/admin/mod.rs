@@ -26,7 +26,9 @@ use serde_json::json;
 
 use crate::auth::{AdminAuth, AdminStreamAuth};
 use crate::error::ApiError;
+use crate::http::openapi as doc;
 use crate::state::AppState;
+use protocol::error::ErrorBody;
 use tree::TreeQuery;
 
 /// How often `/admin/events` pushes a snapshot.
@@ -94,10 +96,15 @@ pub async fn page_js() -> HttpResponse {
         ("tenant" = Option<String>, Query, description = "only this tenant's device sessions"),
         ("q" = Option<String>, Query, description = "substring of a device id or address"),
         ("offset" = Option<usize>, Query, description = "device rows to skip"),
-        ("limit" = Option<usize>, Query, description = "device rows (default 50, at most 500, 0 for counts only)"),
+        ("limit" = Option<usize>, Query, maximum = 500, description = "device rows (default 50, at most 500, 0 for counts only)"),
     ),
-    responses((status = 200, description = "root, writers, tenant summaries and one page of device sessions"),
-        (status = 401, body = protocol::error::ErrorBody)))]
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, body = tree::Tree, description = "root, writers, tenant summaries and one page of device sessions"),
+        (status = 400, body = ErrorBody, description = "`bad_request`: `offset` or `limit` not a non-negative integer"),
+        (status = 401, body = ErrorBody, description = doc::NO_ADMIN),
+        (status = 500, body = ErrorBody, description = doc::INTERNAL),
+        (status = 503, body = ErrorBody, description = "`unavailable`: the store is failing, or an actor did not answer in time")))]
 #[get("/admin/tree")]
 pub async fn get_tree(
     _: AdminAuth,
@@ -129,9 +136,18 @@ fn sse_frame(tree: Result<tree::Tree, ApiError>) -> Bytes {
 /// `data:` line with a fresh tree snapshot every second. Takes the admin token as a
 /// bearer header or, for `EventSource`, as `?token=`.
 #[utoipa::path(get, path = "/admin/events", tag = "admin",
-    params(("token" = Option<String>, Query, description = "the admin token, for EventSource (which cannot send headers)")),
-    responses((status = 200, description = "text/event-stream: one `data:` line with the /admin/tree JSON every second"),
-        (status = 401, body = protocol::error::ErrorBody)))]
+    params(
+        ("tenant" = Option<String>, Query, description = "only this tenant's device sessions"),
+        ("q" = Option<String>, Query, description = "substring of a device id or address"),
+        ("offset" = Option<usize>, Query, description = "device rows to skip"),
+        ("limit" = Option<usize>, Query, maximum = 500, description = "device rows (default 50, at most 500, 0 for counts only)"),
+    ),
+    security(("admin_token" = []), ("admin_token_query" = [])),
+    responses(
+        (status = 200, content_type = "text/event-stream", body = String,
+         description = "Server-Sent Events: `retry: 2000`, then every second one `data:` line with the `GET /admin/tree` JSON (`Tree`); a snapshot that fails is an `event: error` with `{\"code\",\"message\"}`"),
+        (status = 400, body = ErrorBody, description = "`bad_request`: `offset` or `limit` not a non-negative integer"),
+        (status = 401, body = ErrorBody, description = "`unauthorized`: no admin token (header or `?token=`), or not the admin token")))]
 #[get("/admin/events")]
 pub async fn events(
     _: AdminStreamAuth,
@@ -204,10 +220,15 @@ async fn running_session(state: &AppState, device_id: &str) -> Result<(String, S
 /// supervisor starts it again and counts a restart. Its clients are closed with 1012
 /// and reconnect. 409 when no session runs.
 #[utoipa::path(post, path = "/admin/devices/{id}/restart", tag = "admin",
+    security(("admin_token" = [])),
     params(("id" = String, Path, description = "device id")),
-    responses((status = 202, description = "the session is restarting"),
-        (status = 401, body = protocol::error::ErrorBody), (status = 404, body = protocol::error::ErrorBody),
-        (status = 409, body = protocol::error::ErrorBody)))]
+    responses(
+        (status = 202, body = doc::SessionAction, description = "the session is restarting"),
+        (status = 401, body = ErrorBody, description = doc::NO_ADMIN),
+        (status = 404, body = ErrorBody, description = "`not_found`: no device with this id"),
+        (status = 409, body = ErrorBody, description = "`conflict`: the device has no running session (no client connected)"),
+        (status = 500, body = ErrorBody, description = doc::INTERNAL),
+        (status = 503, body = ErrorBody, description = "`unavailable`: the store is failing, or the server is restarting")))]
 #[post("/admin/devices/{id}/restart")]
 pub async fn restart_device(
     _: AdminAuth,
@@ -255,10 +276,15 @@ pub async fn restart_device(
 /// `POST /admin/devices/{id}/disconnect`: closes every client of the device with
 /// 4001 (kicked). 409 when no session runs.
 #[utoipa::path(post, path = "/admin/devices/{id}/disconnect", tag = "admin",
+    security(("admin_token" = [])),
     params(("id" = String, Path, description = "device id")),
-    responses((status = 202, description = "the clients are being closed with 4001"),
-        (status = 401, body = protocol::error::ErrorBody), (status = 404, body = protocol::error::ErrorBody),
-        (status = 409, body = protocol::error::ErrorBody)))]
+    responses(
+        (status = 202, body = doc::SessionAction, description = "the clients are being closed with 4001"),
+        (status = 401, body = ErrorBody, description = doc::NO_ADMIN),
+        (status = 404, body = ErrorBody, description = "`not_found`: no device with this id"),
+        (status = 409, body = ErrorBody, description = "`conflict`: the device has no running session (no client connected)"),
+        (status = 500, body = ErrorBody, description = doc::INTERNAL),
+        (status = 503, body = ErrorBody, description = "`unavailable`: the store is failing, or the server is restarting")))]
 #[post("/admin/devices/{id}/disconnect")]
 pub async fn disconnect_device(
     _: AdminAuth,

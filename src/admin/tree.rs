@@ -58,7 +58,7 @@ pub struct TreeQuery {
 }
 
 /// The whole snapshot.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Tree {
     /// When it was taken (Unix ms).
     pub generated_at: i64,
@@ -82,7 +82,7 @@ pub struct Tree {
 }
 
 /// The root supervisor.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct RootNode {
     /// Actor name.
     pub name: &'static str,
@@ -99,7 +99,8 @@ pub struct RootNode {
 }
 
 /// Totals.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, utoipa::ToSchema)]
+#[schema(as = TreeTotals)]
 pub struct Totals {
     /// Tenants registered.
     pub tenants: usize,
@@ -118,7 +119,7 @@ pub struct Totals {
 }
 
 /// One persistence writer.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct WriterNode {
     /// Slot in the pool.
     pub slot: usize,
@@ -139,7 +140,7 @@ pub struct WriterNode {
 }
 
 /// One tenant, summarized.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TenantNode {
     /// Tenant id.
     pub id: String,
@@ -170,7 +171,7 @@ pub struct TenantNode {
 }
 
 /// A page of device sessions.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct DevicePage {
     /// The tenant filter.
     pub tenant: Option<String>,
@@ -187,7 +188,7 @@ pub struct DevicePage {
 }
 
 /// One running device session.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct DeviceNode {
     /// Device id.
     pub id: String,

@@ -5,15 +5,34 @@ use actors::clock::now_ms;
 use actors::device::DeviceMsg;
 use actors::store::TenantRecord;
 use credentials::{hash_key, random_secret};
+use protocol::error::ErrorBody;
 use protocol::rest::{CreateTenant, TenantCreated};
 
+use super::openapi as doc;
 use crate::auth::AdminAuth;
 use crate::error::ApiError;
 use crate::state::AppState;
 
 /// `POST /admin/tenants`: creates a tenant and shows its API key once.
-#[utoipa::path(post, path = "/admin/tenants", tag = "admin", request_body = CreateTenant,
-    responses((status = 201, body = TenantCreated), (status = 401, body = protocol::error::ErrorBody)))]
+#[utoipa::path(post, path = "/admin/tenants", tag = "admin",
+    security(("admin_token" = [])),
+    request_body(content = CreateTenant, description = "at most `max_request_bytes` (64 KiB by default)"),
+    responses(
+        (status = 201, body = TenantCreated, description = "the tenant, with its API key (shown only here)",
+         links(
+            ("CreateDevice" = (operation_id = "create_device",
+                description = "`api_key` is the bearer (`tenant_key`) of every `/v1` operation of the tenant")),
+            ("ListDevices" = (operation_id = "list_devices",
+                description = "`api_key` is the bearer (`tenant_key`) of every `/v1` operation of the tenant")),
+            ("TenantTree" = (operation_id = "get_tree", parameters(("tenant" = "$response.body#/tenant_id")),
+                description = "the tenant's supervisor and device sessions")),
+            ("TenantQueues" = (operation_id = "queue_stats",
+                description = "the tenant's jobs appear under `tenants.<tenant_id>`")))),
+        (status = 400, body = ErrorBody, description = "`bad_request`: not JSON of this shape, or `name` not 1 to 200 characters"),
+        (status = 401, body = ErrorBody, description = doc::NO_ADMIN),
+        (status = 413, body = ErrorBody, description = doc::TOO_LARGE),
+        (status = 415, body = ErrorBody, description = doc::NOT_JSON),
+        (status = 503, body = ErrorBody, description = doc::UNAVAILABLE)))]
 #[post("/admin/tenants")]
 pub async fn create_tenant(
     _: AdminAuth,

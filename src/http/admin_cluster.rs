@@ -9,9 +9,11 @@ use actors::clock::now_ms;
 use actors::store::NodeRecord;
 use serde::Serialize;
 
+use super::openapi as doc;
 use crate::auth::AdminAuth;
 use crate::error::ApiError;
 use crate::state::AppState;
+use protocol::error::ErrorBody;
 
 /// One node of `GET /admin/cluster`.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -64,7 +66,10 @@ fn view(r: NodeRecord, me: &str, now: i64) -> NodeView {
 
 /// `GET /admin/cluster`: the nodes, their liveness and load.
 #[utoipa::path(get, path = "/admin/cluster", tag = "admin",
-    responses((status = 200, body = ClusterView), (status = 401, body = protocol::error::ErrorBody)))]
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, body = ClusterView, description = "the nodes"),
+        (status = 401, body = ErrorBody, description = doc::NO_ADMIN)))]
 #[get("/admin/cluster")]
 pub async fn cluster_view(_: AdminAuth, state: web::Data<AppState>) -> HttpResponse {
     if let Some(m) = membership(&state) {
@@ -152,9 +157,14 @@ pub struct DeviceOwner {
 /// `GET /admin/cluster/devices/{id}`: which node owns a device's session (on one node:
 /// this one). 404 in a cluster when no node has run it yet.
 #[utoipa::path(get, path = "/admin/cluster/devices/{id}", tag = "admin",
+    security(("admin_token" = [])),
     params(("id" = String, Path, description = "Device id")),
-    responses((status = 200, body = DeviceOwner), (status = 401, body = protocol::error::ErrorBody),
-        (status = 404, body = protocol::error::ErrorBody)))]
+    responses(
+        (status = 200, body = DeviceOwner, description = "the owning node"),
+        (status = 401, body = ErrorBody, description = doc::NO_ADMIN),
+        (status = 404, body = ErrorBody, description = "`not_found` (in a cluster): no node has run this device's session"),
+        (status = 500, body = ErrorBody, description = doc::INTERNAL),
+        (status = 503, body = ErrorBody, description = doc::UNAVAILABLE)))]
 #[get("/admin/cluster/devices/{id}")]
 pub async fn device_owner(
     _: AdminAuth,

@@ -7,9 +7,11 @@ use actors::cache::CacheKind;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use super::openapi as doc;
 use crate::auth::AdminAuth;
 use crate::error::ApiError;
 use crate::state::AppState;
+use protocol::error::ErrorBody;
 
 /// Counters of one cache kind in one layer.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -62,7 +64,10 @@ pub struct CacheStats {
 /// `GET /admin/cache/stats`: hits, misses, hit rate and size of every cache, per kind
 /// and layer, since the server started.
 #[utoipa::path(get, path = "/admin/cache/stats", tag = "admin",
-    responses((status = 200, body = CacheStats), (status = 401, body = protocol::error::ErrorBody)))]
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, body = CacheStats, description = "every cache, by kind and layer"),
+        (status = 401, body = ErrorBody, description = doc::NO_ADMIN)))]
 #[get("/admin/cache/stats")]
 pub async fn cache_stats(_: AdminAuth, state: web::Data<AppState>) -> HttpResponse {
     let stats = state.env.cache.stats().await;
@@ -106,9 +111,12 @@ fn cache_kind(name: &str) -> Result<CacheKind, ApiError> {
 /// `DELETE /admin/cache/{kind}`: drops every entry of a kind, from every layer and
 /// every node (the replaced system's admin cache management). Logged.
 #[utoipa::path(delete, path = "/admin/cache/{kind}", tag = "admin",
+    security(("admin_token" = [])),
     params(("kind" = String, Path, description = "sessions, tenants, devices, device_status, addresses, groups, contacts or stats")),
-    responses((status = 204), (status = 400, body = protocol::error::ErrorBody),
-        (status = 401, body = protocol::error::ErrorBody)))]
+    responses(
+        (status = 204, description = "cleared"),
+        (status = 400, body = ErrorBody, description = "`bad_request`: not a cache kind"),
+        (status = 401, body = ErrorBody, description = doc::NO_ADMIN)))]
 #[delete("/admin/cache/{kind}")]
 pub async fn clear_cache_kind(
     _: AdminAuth,
@@ -126,8 +134,11 @@ pub async fn clear_cache_kind(
 #[utoipa::path(delete, path = "/admin/cache/{kind}/{key}", tag = "admin",
     params(("kind" = String, Path, description = "the cache kind"),
            ("key" = String, Path, description = "the entry's key (a device id, group id, `tenant/address`…)")),
-    responses((status = 204), (status = 400, body = protocol::error::ErrorBody),
-        (status = 401, body = protocol::error::ErrorBody)))]
+    security(("admin_token" = [])),
+    responses(
+        (status = 204, description = "cleared (also when there was no such entry)"),
+        (status = 400, body = ErrorBody, description = "`bad_request`: not a cache kind"),
+        (status = 401, body = ErrorBody, description = doc::NO_ADMIN)))]
 #[delete("/admin/cache/{kind}/{key:.*}")]
 pub async fn clear_cache_entry(
     _: AdminAuth,
@@ -154,8 +165,13 @@ pub struct DbStatsQuery {
 /// counts and timings, and the store operations slower than `slow_query_ms` in the
 /// last `hours`.
 #[utoipa::path(get, path = "/admin/db/stats", tag = "admin", params(DbStatsQuery),
-    responses((status = 200, description = "database statistics"),
-        (status = 401, body = protocol::error::ErrorBody)))]
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, body = doc::DbStats, description = "database statistics"),
+        (status = 400, body = ErrorBody, description = "`bad_request`: `hours` not a non-negative integer"),
+        (status = 401, body = ErrorBody, description = doc::NO_ADMIN),
+        (status = 500, body = ErrorBody, description = doc::INTERNAL),
+        (status = 503, body = ErrorBody, description = doc::UNAVAILABLE)))]
 #[get("/admin/db/stats")]
 pub async fn db_stats(
     _: AdminAuth,

@@ -15,9 +15,11 @@ use serde::Deserialize;
 
 use super::body::{ApiJson, ContactsLimit, OptionalJson};
 use super::check_address;
+use super::openapi as doc;
 use crate::auth::TenantAuth;
 use crate::error::ApiError;
 use crate::state::AppState;
+use protocol::error::ErrorBody;
 
 /// Longest device token lifetime a caller may ask for.
 const MAX_TOKEN_TTL_SECS: u64 = 30 * 24 * 3600;
@@ -78,8 +80,30 @@ pub async fn device_view(state: &AppState, d: DeviceRecord) -> Device {
 }
 
 /// `POST /v1/devices`: registers a device (an address) in the caller's tenant.
-#[utoipa::path(post, path = "/v1/devices", tag = "devices", request_body = CreateDevice,
-    responses((status = 201, body = Device), (status = 409, body = protocol::error::ErrorBody)))]
+#[utoipa::path(post, path = "/v1/devices", tag = "devices",
+    security(("tenant_key" = [])),
+    request_body(content = CreateDevice, description = "at most `max_request_bytes` (64 KiB by default)"),
+    responses(
+        (status = 201, body = Device, description = "the device",
+         links(
+            ("GetDevice" = (operation_id = "get_device", parameters(("id" = "$response.body#/device_id")))),
+            ("DeleteDevice" = (operation_id = "delete_device", parameters(("id" = "$response.body#/device_id")))),
+            ("CreateToken" = (operation_id = "create_token", parameters(("id" = "$response.body#/device_id")),
+                description = "a device token for `GET /v1/ws?token=`")),
+            ("SendMessage" = (operation_id = "send_message", parameters(("id" = "$response.body#/device_id")))),
+            ("History" = (operation_id = "history", parameters(("id" = "$response.body#/device_id")))),
+            ("PutContacts" = (operation_id = "put_contacts", parameters(("id" = "$response.body#/device_id")))),
+            ("GetContacts" = (operation_id = "get_contacts", parameters(("id" = "$response.body#/device_id")))),
+            ("MessageStats" = (operation_id = "message_stats", parameters(("device" = "$response.body#/device_id")))),
+            ("DeviceOwner" = (operation_id = "device_owner", parameters(("id" = "$response.body#/device_id")),
+                description = "which node runs its session (admin token)")))),
+        (status = 400, body = ErrorBody, description = "`bad_request`: not JSON of this shape, `address` not E.164, or `name` over 200 characters"),
+        (status = 401, body = ErrorBody, description = doc::NO_KEY),
+        (status = 409, body = ErrorBody, description = "`conflict`: the address exists in this tenant"),
+        (status = 413, body = ErrorBody, description = doc::TOO_LARGE),
+        (status = 415, body = ErrorBody, description = doc::NOT_JSON),
+        (status = 500, body = ErrorBody, description = doc::INTERNAL),
+        (status = 503, body = ErrorBody, description = doc::UNAVAILABLE)))]
 #[post("/v1/devices")]
 pub async fn create_device(
     tenant: TenantAuth,
@@ -125,9 +149,16 @@ pub struct ListQuery {
 
 /// `GET /v1/devices?after=&limit=`: the caller's devices, by id.
 #[utoipa::path(get, path = "/v1/devices", tag = "devices",
-    params(("after" = Option<String>, Query, description = "last device id of the previous page"),
-           ("limit" = Option<usize>, Query, description = "page size, 1 to 1000 (default 100)")),
-    responses((status = 200, body = DeviceList)))]
+    security(("tenant_key" = [])),
+    params(("after" = Option<String>, Query, description = "last device id of the previous page (`next_after`)"),
+           ("limit" = Option<usize>, Query, minimum = 1, maximum = 1000, description = "page size, 1 to 1000 (default 100)")),
+    responses(
+        (status = 200, body = DeviceList, description = "one page of devices, by id",
+         links(("NextPage" = (operation_id = "list_devices", parameters(("after" = "$response.body#/next_after")))))),
+        (status = 400, body = ErrorBody, description = "`bad_request`: `limit` not an integer from 1 to 1000"),
+        (status = 401, body = ErrorBody, description = doc::NO_KEY),
+        (status = 500, body = ErrorBody, description = doc::INTERNAL),
+        (status = 503, body = ErrorBody, description = doc::UNAVAILABLE)))]
 #[get("/v1/devices")]
 pub async fn list_devices(
     tenant: TenantAuth,
@@ -159,9 +190,15 @@ pub async fn list_devices(
 
 /// `GET /v1/devices/{id}`: one device with its presence.
 #[utoipa::path(get, path = "/v1/devices/{id}", tag = "devices",
+    security(("tenant_key" = [])),
     params(("id" = String, Path, description = "device id")),
-    responses((status = 200, body = Device), (status = 403, body = protocol::error::ErrorBody),
-              (status = 404, body = protocol::error::ErrorBody)))]
+    responses(
+        (status = 200, body = Device, description = "the device with its presence"),
+        (status = 401, body = ErrorBody, description = doc::NO_KEY),
+        (status = 403, body = ErrorBody, description = doc::OTHER_TENANTS_DEVICE),
+        (status = 404, body = ErrorBody, description = doc::NO_DEVICE),
+        (status = 500, body = ErrorBody, description = doc::INTERNAL),
+        (status = 503, body = ErrorBody, description = doc::UNAVAILABLE)))]
 #[get("/v1/devices/{id}")]
 pub async fn get_device(
     tenant: TenantAuth,
@@ -176,8 +213,15 @@ pub async fn get_device(
 /// clients are closed with 4410), nothing is written to its inbox afterwards, its
 /// inbox and contacts are deleted, its queued jobs cancelled, and its tokens refused.
 #[utoipa::path(delete, path = "/v1/devices/{id}", tag = "devices",
+    security(("tenant_key" = [])),
     params(("id" = String, Path, description = "device id")),
-    responses((status = 204), (status = 404, body = protocol::error::ErrorBody)))]
+    responses(
+        (status = 204, description = "deleted"),
+        (status = 401, body = ErrorBody, description = doc::NO_KEY),
+        (status = 403, body = ErrorBody, description = doc::OTHER_TENANTS_DEVICE),
+        (status = 404, body = ErrorBody, description = doc::NO_DEVICE),
+        (status = 500, body = ErrorBody, description = doc::INTERNAL),
+        (status = 503, body = ErrorBody, description = doc::UNAVAILABLE)))]
 #[delete("/v1/devices/{id}")]
 pub async fn delete_device(
     tenant: TenantAuth,
@@ -198,9 +242,18 @@ pub async fn delete_device(
 
 /// `POST /v1/devices/{id}/tokens`: a device token (JWT) for `GET /v1/ws`.
 #[utoipa::path(post, path = "/v1/devices/{id}/tokens", tag = "devices",
+    security(("tenant_key" = [])),
     params(("id" = String, Path, description = "device id")),
-    request_body(content = Option<CreateToken>, description = "optional `ttl_secs`"),
-    responses((status = 201, body = TokenCreated)))]
+    request_body(content = Option<CreateToken>, description = "optional (an empty body takes the default lifetime); at most `max_request_bytes` (64 KiB by default)"),
+    responses(
+        (status = 201, body = TokenCreated, description = "a device token for `GET /v1/ws?token=`"),
+        (status = 400, body = ErrorBody, description = "`bad_request`: not JSON of this shape, or `ttl_secs` not 1 to 2592000 (30 days)"),
+        (status = 401, body = ErrorBody, description = doc::NO_KEY),
+        (status = 403, body = ErrorBody, description = "`forbidden`: the device belongs to another tenant, or is the tenant's reserved `system` device (notifications), which takes no tokens"),
+        (status = 404, body = ErrorBody, description = doc::NO_DEVICE),
+        (status = 413, body = ErrorBody, description = doc::TOO_LARGE),
+        (status = 500, body = ErrorBody, description = "`internal`: stored data unreadable, or the token could not be signed"),
+        (status = 503, body = ErrorBody, description = doc::UNAVAILABLE)))]
 #[post("/v1/devices/{id}/tokens")]
 pub async fn create_token(
     tenant: TenantAuth,
@@ -209,6 +262,13 @@ pub async fn create_token(
     body: OptionalJson<CreateToken>,
 ) -> Result<HttpResponse, ApiError> {
     let device = owned_device(&state, &tenant, &id).await?;
+    if device.address == protocol::background::SYSTEM_ADDRESS {
+        // Only the server speaks as `system` (notifications): no client may connect as it.
+        return Err(ApiError::new(
+            ErrorCode::Forbidden,
+            "the system device sends notifications only; it takes no tokens",
+        ));
+    }
     let ttl = body
         .0
         .and_then(|b| b.ttl_secs)
@@ -244,12 +304,23 @@ pub struct ContactsQuery {
 /// upserted at once (200); more, or `?async=true`, become a background job (202
 /// `{"job_id"}`, progress at `GET /v1/jobs/{id}`).
 #[utoipa::path(put, path = "/v1/devices/{id}/contacts", tag = "contacts",
+    security(("tenant_key" = [])),
     params(("id" = String, Path, description = "device id"),
            ("async" = Option<bool>, Query, description = "run as a background job")),
     request_body(content = Contacts, description = "at most `max_contacts_bytes` (16 MiB by default); over 10,000 contacts run as a job"),
-    responses((status = 200, body = Upserted),
-              (status = 413, body = protocol::error::ErrorBody, description = "over the byte limit"),
-              (status = 202, description = "`{\"job_id\"}`: queued as a background job")))]
+    responses(
+        (status = 200, body = Upserted, description = "upserted at once (at most 10,000)"),
+        (status = 202, body = doc::JobQueued, description = "queued as a background job (over 10,000 contacts, or `?async=true`)",
+         links(("GetJob" = (operation_id = "get_job", parameters(("id" = "$response.body#/job_id")),
+                description = "the job's progress")))),
+        (status = 400, body = ErrorBody, description = "`bad_request`: not JSON of this shape, a contact's `address` not E.164, its `name` over 200 characters, or `async` not a boolean"),
+        (status = 401, body = ErrorBody, description = doc::NO_KEY),
+        (status = 403, body = ErrorBody, description = doc::OTHER_TENANTS_DEVICE),
+        (status = 404, body = ErrorBody, description = doc::NO_DEVICE),
+        (status = 413, body = ErrorBody, description = "`too_large`: the body is over `max_contacts_bytes` (16 MiB by default)"),
+        (status = 415, body = ErrorBody, description = doc::NOT_JSON),
+        (status = 500, body = ErrorBody, description = doc::INTERNAL),
+        (status = 503, body = ErrorBody, description = doc::UNAVAILABLE)))]
 #[put("/v1/devices/{id}/contacts")]
 pub async fn put_contacts(
     tenant: TenantAuth,
@@ -288,8 +359,15 @@ pub async fn put_contacts(
 
 /// `GET /v1/devices/{id}/contacts`: all contacts, by address.
 #[utoipa::path(get, path = "/v1/devices/{id}/contacts", tag = "contacts",
+    security(("tenant_key" = [])),
     params(("id" = String, Path, description = "device id")),
-    responses((status = 200, body = Contacts)))]
+    responses(
+        (status = 200, body = Contacts, description = "every contact, by address"),
+        (status = 401, body = ErrorBody, description = doc::NO_KEY),
+        (status = 403, body = ErrorBody, description = doc::OTHER_TENANTS_DEVICE),
+        (status = 404, body = ErrorBody, description = doc::NO_DEVICE),
+        (status = 500, body = ErrorBody, description = doc::INTERNAL),
+        (status = 503, body = ErrorBody, description = doc::UNAVAILABLE)))]
 #[get("/v1/devices/{id}/contacts")]
 pub async fn get_contacts(
     tenant: TenantAuth,

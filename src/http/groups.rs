@@ -10,9 +10,11 @@ use protocol::ErrorCode;
 
 use super::body::ApiJson;
 use super::check_address;
+use super::openapi as doc;
 use crate::auth::TenantAuth;
 use crate::error::ApiError;
 use crate::state::AppState;
+use protocol::error::ErrorBody;
 
 fn view(g: GroupRecord) -> Group {
     Group {
@@ -72,8 +74,23 @@ async fn owned_group(
 }
 
 /// `POST /v1/groups`: creates a group.
-#[utoipa::path(post, path = "/v1/groups", tag = "groups", request_body = CreateGroup,
-    responses((status = 201, body = Group)))]
+#[utoipa::path(post, path = "/v1/groups", tag = "groups",
+    security(("tenant_key" = [])),
+    request_body(content = CreateGroup, description = "at most `max_request_bytes` (64 KiB by default) and 1024 members"),
+    responses(
+        (status = 201, body = Group, description = "the group",
+         links(
+            ("GetGroup" = (operation_id = "get_group", parameters(("id" = "$response.body#/group_id")))),
+            ("AddMembers" = (operation_id = "add_members", parameters(("id" = "$response.body#/group_id")))),
+            ("RemoveMember" = (operation_id = "remove_member", parameters(("id" = "$response.body#/group_id")))),
+            ("SendToGroup" = (operation_id = "send_message",
+                description = "send to the group: `group` = `group_id` in the body")))),
+        (status = 400, body = ErrorBody, description = "`bad_request`: not JSON of this shape, `name` not 1 to 200 characters, or a member not E.164"),
+        (status = 401, body = ErrorBody, description = doc::NO_KEY),
+        (status = 413, body = ErrorBody, description = "`too_large`: over 1024 members, or the body over `max_request_bytes` (64 KiB by default)"),
+        (status = 415, body = ErrorBody, description = doc::NOT_JSON),
+        (status = 500, body = ErrorBody, description = doc::INTERNAL),
+        (status = 503, body = ErrorBody, description = doc::UNAVAILABLE)))]
 #[post("/v1/groups")]
 pub async fn create_group(
     tenant: TenantAuth,
@@ -99,8 +116,15 @@ pub async fn create_group(
 
 /// `GET /v1/groups/{id}`: a group with its members.
 #[utoipa::path(get, path = "/v1/groups/{id}", tag = "groups",
+    security(("tenant_key" = [])),
     params(("id" = String, Path, description = "group id")),
-    responses((status = 200, body = Group), (status = 404, body = protocol::error::ErrorBody)))]
+    responses(
+        (status = 200, body = Group, description = "the group"),
+        (status = 401, body = ErrorBody, description = doc::NO_KEY),
+        (status = 403, body = ErrorBody, description = doc::OTHER_TENANTS_GROUP),
+        (status = 404, body = ErrorBody, description = doc::NO_GROUP),
+        (status = 500, body = ErrorBody, description = doc::INTERNAL),
+        (status = 503, body = ErrorBody, description = doc::UNAVAILABLE)))]
 #[get("/v1/groups/{id}")]
 pub async fn get_group(
     tenant: TenantAuth,
@@ -113,9 +137,19 @@ pub async fn get_group(
 /// `POST /v1/groups/{id}/members`: adds members, atomically (concurrent adds are all
 /// kept); the change is visible to the next send at once.
 #[utoipa::path(post, path = "/v1/groups/{id}/members", tag = "groups",
+    security(("tenant_key" = [])),
     params(("id" = String, Path, description = "group id")),
-    request_body = GroupMembers, responses((status = 200, body = Group),
-        (status = 413, body = protocol::error::ErrorBody, description = "over 1024 members")))]
+    request_body(content = GroupMembers, description = "at most `max_request_bytes` (64 KiB by default); the group at most 1024 members after it"),
+    responses(
+        (status = 200, body = Group, description = "the group after the change"),
+        (status = 400, body = ErrorBody, description = "`bad_request`: not JSON of this shape, or a member not E.164"),
+        (status = 401, body = ErrorBody, description = doc::NO_KEY),
+        (status = 403, body = ErrorBody, description = doc::OTHER_TENANTS_GROUP),
+        (status = 404, body = ErrorBody, description = doc::NO_GROUP),
+        (status = 413, body = ErrorBody, description = "`too_large`: the group would have over 1024 members, or the body is over `max_request_bytes` (64 KiB by default)"),
+        (status = 415, body = ErrorBody, description = doc::NOT_JSON),
+        (status = 500, body = ErrorBody, description = doc::INTERNAL),
+        (status = 503, body = ErrorBody, description = doc::UNAVAILABLE)))]
 #[post("/v1/groups/{id}/members")]
 pub async fn add_members(
     tenant: TenantAuth,
@@ -149,7 +183,14 @@ pub async fn add_members(
 #[utoipa::path(delete, path = "/v1/groups/{id}/members/{address}", tag = "groups",
     params(("id" = String, Path, description = "group id"),
            ("address" = String, Path, description = "member address")),
-    responses((status = 200, body = Group)))]
+    security(("tenant_key" = [])),
+    responses(
+        (status = 200, body = Group, description = "the group after the change"),
+        (status = 401, body = ErrorBody, description = doc::NO_KEY),
+        (status = 403, body = ErrorBody, description = doc::OTHER_TENANTS_GROUP),
+        (status = 404, body = ErrorBody, description = "`not_found`: no group with this id, or the address is not a member"),
+        (status = 500, body = ErrorBody, description = doc::INTERNAL),
+        (status = 503, body = ErrorBody, description = doc::UNAVAILABLE)))]
 #[delete("/v1/groups/{id}/members/{address}")]
 pub async fn remove_member(
     tenant: TenantAuth,

@@ -19,9 +19,11 @@ use protocol::{ErrorCode, Priority};
 use serde::Serialize;
 
 use super::body::{ApiJson, BulkLimit};
+use super::openapi as doc;
 use crate::auth::TenantAuth;
 use crate::error::ApiError;
 use crate::state::AppState;
+use protocol::error::ErrorBody;
 
 /// `POST /v1/messages/bulk` answer: one job id per message, in order.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -47,13 +49,15 @@ pub struct JobView {
     /// `message` or `contacts`.
     pub kind: &'static str,
     /// `waiting`, `delayed`, `active`, `completed`, `failed` or `cancelled`.
+    #[schema(pattern = "^(waiting|delayed|active|completed|failed|cancelled)$")]
     pub state: &'static str,
     /// Send attempts made (rate-limit waits not counted).
     pub attempts: u32,
     /// Lane.
     pub priority: Priority,
-    /// Sending device.
-    pub device: String,
+    /// Sending (or syncing) device; absent for tenant-wide jobs (group syncs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
     /// Recipient address.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub to: Option<String>,
@@ -75,7 +79,7 @@ pub struct JobView {
     pub created_at: i64,
     /// Last change (Unix ms).
     pub updated_at: i64,
-    /// Contact syncs: how far along.
+    /// Contact and group syncs, notifications: how far along.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub progress: Option<JobProgress>,
 }
@@ -87,7 +91,7 @@ impl From<JobRecord> for JobView {
             state: j.state.as_str(),
             attempts: j.attempts,
             priority: j.lane,
-            device: j.device_id,
+            device: (!j.device_id.is_empty()).then_some(j.device_id),
             to: j.target_to,
             group: j.target_group,
             message_id: j.message_id,
@@ -96,7 +100,7 @@ impl From<JobRecord> for JobView {
             not_before: j.not_before,
             created_at: j.created_at,
             updated_at: j.updated_at,
-            progress: (j.kind == JobKind::Contacts).then_some(JobProgress {
+            progress: (j.kind != JobKind::Message).then_some(JobProgress {
                 done: j.progress_done,
                 total: j.progress_total,
             }),
@@ -176,11 +180,25 @@ async fn fair_ranks(
 /// `POST /v1/messages/bulk`: queues messages; answers 202 with one job id per message
 /// once every job is durable.
 #[utoipa::path(post, path = "/v1/messages/bulk", tag = "jobs",
+    security(("tenant_key" = [])),
     request_body(content = BulkRequest, description = "at most `max_bulk_bytes` (16 MiB by default), 10,000 messages or 100,000 campaign recipients; each body at most `max_message_bytes` (64 KiB)"),
-    responses((status = 202, body = BulkAccepted),
-              (status = 400, body = protocol::error::ErrorBody, description = "names the offending index"),
-              (status = 413, body = protocol::error::ErrorBody, description = "over a byte or item limit"),
-              (status = 403, body = protocol::error::ErrorBody, description = "a device of another tenant")))]
+    responses(
+        (status = 202, body = BulkAccepted, description = "every job is durable and queued",
+         links(
+            ("GetJob" = (operation_id = "get_job", parameters(("id" = "$response.body#/job_ids/0")),
+                description = "the first job's state (each id of `job_ids` the same way)")),
+            ("CancelJob" = (operation_id = "cancel_job", parameters(("id" = "$response.body#/job_ids/0")),
+                description = "cancel the first job while it waits")),
+            ("RetryJob" = (operation_id = "retry_job", parameters(("id" = "$response.body#/job_ids/0")),
+                description = "retry the first job once it failed")))),
+        (status = 400, body = ErrorBody, description = "`bad_request`: not JSON of this shape, or an entry is invalid (the message names its index)"),
+        (status = 401, body = ErrorBody, description = doc::NO_KEY),
+        (status = 403, body = ErrorBody, description = "`forbidden`: a sending device of another tenant"),
+        (status = 404, body = ErrorBody, description = "`not_found`: no such sending device"),
+        (status = 413, body = ErrorBody, description = "`too_large`: over `max_bulk_bytes` (16 MiB by default), 10,000 messages, 100,000 recipients, or a body over `max_message_bytes`"),
+        (status = 415, body = ErrorBody, description = doc::NOT_JSON),
+        (status = 500, body = ErrorBody, description = doc::INTERNAL),
+        (status = 503, body = ErrorBody, description = doc::UNAVAILABLE)))]
 #[post("/v1/messages/bulk")]
 pub async fn bulk_send(
     tenant: TenantAuth,
@@ -272,9 +290,15 @@ async fn owned_job(state: &AppState, tenant: &TenantAuth, id: &str) -> Result<Jo
 
 /// `GET /v1/jobs/{id}`: a job's state, attempts, and its `message_id` or `error`.
 #[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs",
+    security(("tenant_key" = [])),
     params(("id" = String, Path, description = "job id")),
-    responses((status = 200, body = JobView), (status = 403, body = protocol::error::ErrorBody),
-              (status = 404, body = protocol::error::ErrorBody)))]
+    responses(
+        (status = 200, body = JobView, description = "the job"),
+        (status = 401, body = ErrorBody, description = doc::NO_KEY),
+        (status = 403, body = ErrorBody, description = doc::OTHER_TENANTS_JOB),
+        (status = 404, body = ErrorBody, description = doc::NO_JOB),
+        (status = 500, body = ErrorBody, description = doc::INTERNAL),
+        (status = 503, body = ErrorBody, description = doc::UNAVAILABLE)))]
 #[get("/v1/jobs/{id}")]
 pub async fn get_job(
     tenant: TenantAuth,
@@ -288,8 +312,16 @@ pub async fn get_job(
 /// `DELETE /v1/jobs/{id}`: cancels a job not yet sent (`waiting` or `delayed`); 409
 /// otherwise.
 #[utoipa::path(delete, path = "/v1/jobs/{id}", tag = "jobs",
+    security(("tenant_key" = [])),
     params(("id" = String, Path, description = "job id")),
-    responses((status = 200, body = JobView), (status = 409, body = protocol::error::ErrorBody)))]
+    responses(
+        (status = 200, body = JobView, description = "the job, now `cancelled`"),
+        (status = 401, body = ErrorBody, description = doc::NO_KEY),
+        (status = 403, body = ErrorBody, description = doc::OTHER_TENANTS_JOB),
+        (status = 404, body = ErrorBody, description = doc::NO_JOB),
+        (status = 409, body = ErrorBody, description = "`conflict`: the job is neither `waiting` nor `delayed`"),
+        (status = 500, body = ErrorBody, description = doc::INTERNAL),
+        (status = 503, body = ErrorBody, description = doc::UNAVAILABLE)))]
 #[delete("/v1/jobs/{id}")]
 pub async fn cancel_job(
     tenant: TenantAuth,
@@ -314,8 +346,16 @@ pub async fn cancel_job(
 /// `POST /v1/jobs/{id}/retry`: puts a failed job back in the queue (attempts reset);
 /// 409 otherwise.
 #[utoipa::path(post, path = "/v1/jobs/{id}/retry", tag = "jobs",
+    security(("tenant_key" = [])),
     params(("id" = String, Path, description = "job id")),
-    responses((status = 200, body = JobView), (status = 409, body = protocol::error::ErrorBody)))]
+    responses(
+        (status = 200, body = JobView, description = "the job, queued again"),
+        (status = 401, body = ErrorBody, description = doc::NO_KEY),
+        (status = 403, body = ErrorBody, description = doc::OTHER_TENANTS_JOB),
+        (status = 404, body = ErrorBody, description = doc::NO_JOB),
+        (status = 409, body = ErrorBody, description = "`conflict`: the job is not `failed`"),
+        (status = 500, body = ErrorBody, description = doc::INTERNAL),
+        (status = 503, body = ErrorBody, description = doc::UNAVAILABLE)))]
 #[post("/v1/jobs/{id}/retry")]
 pub async fn retry_job(
     tenant: TenantAuth,
@@ -346,26 +386,61 @@ pub async fn enqueue_contacts(
     device: &actors::store::DeviceRecord,
     contacts: &[protocol::rest::Contact],
 ) -> Result<String, ApiError> {
-    let body = serde_json::to_string(contacts).map_err(|e| {
-        tracing::error!(error = %e, "encoding contacts");
-        ApiError::new(ErrorCode::Internal, "could not queue the contacts")
-    })?;
-    let mut job = new_job(
+    let body = encode(contacts, "contacts")?;
+    let total = contacts.len() as u64;
+    let job = Background {
+        kind: JobKind::Contacts,
+        tenant_id: &device.tenant_id,
+        device_id: &device.id,
+        lane: Priority::Normal,
+    };
+    enqueue_background(state, job, body, total).await
+}
+
+/// A background job to queue: what it does, for whom, in which lane.
+pub struct Background<'a> {
+    /// Job kind.
+    pub kind: JobKind,
+    /// Owning tenant.
+    pub tenant_id: &'a str,
+    /// Its device (empty for a tenant-wide job such as a group sync).
+    pub device_id: &'a str,
+    /// Lane.
+    pub lane: Priority,
+}
+
+/// JSON of a job's payload (an encoding failure is an internal error, logged).
+pub fn encode<T: Serialize + ?Sized>(payload: &T, what: &str) -> Result<String, ApiError> {
+    serde_json::to_string(payload).map_err(|e| {
+        tracing::error!(error = %e, "encoding {what}");
+        ApiError::new(ErrorCode::Internal, format!("could not queue the {what}"))
+    })
+}
+
+/// Stores one background job with its payload and progress total, ranked fairly
+/// behind its tenant's queue, and wakes the dispatcher; returns the job id.
+pub async fn enqueue_background(
+    state: &AppState,
+    job: Background<'_>,
+    body: String,
+    total: u64,
+) -> Result<String, ApiError> {
+    let mut record = new_job(
         state,
-        JobKind::Contacts,
-        &device.tenant_id,
-        &device.id,
-        Priority::Normal,
+        job.kind,
+        job.tenant_id,
+        job.device_id,
+        job.lane,
         None,
         None,
         JobBody::Inline(body),
         None,
         now_ms(),
     );
-    job.progress_total = contacts.len() as u64;
-    let id = job.id.clone();
-    let mut jobs = vec![job];
-    fair_ranks(state, &device.tenant_id, &mut jobs).await?;
+    record.progress_total = total;
+    let id = record.id.clone();
+    let mut jobs = vec![record];
+    fair_ranks(state, job.tenant_id, &mut jobs).await?;
     state.env.store.insert_jobs(Vec::new(), jobs).await?;
     state.env.dispatcher.wake();
     Ok(id)

@@ -15,9 +15,11 @@ use serde::Deserialize;
 
 use super::body::ApiJson;
 use super::devices::owned_device;
+use super::openapi as doc;
 use crate::auth::TenantAuth;
 use crate::error::ApiError;
 use crate::state::AppState;
+use protocol::error::ErrorBody;
 
 /// Checks a message body against the one body limit of every transport.
 pub fn check_body_size(state: &AppState, body: &str) -> Result<(), ApiError> {
@@ -33,11 +35,28 @@ pub fn check_body_size(state: &AppState, body: &str) -> Result<(), ApiError> {
 
 /// `POST /v1/devices/{id}/messages`: sends as the device; answers once durable.
 #[utoipa::path(post, path = "/v1/devices/{id}/messages", tag = "messages",
+    security(("tenant_key" = [])),
     params(("id" = String, Path, description = "sending device id")),
-    request_body(content = SendMessage, description = "`body` at most `max_message_bytes` (64 KiB by default)"),
-    responses((status = 201, body = MessageAccepted),
-              (status = 413, body = protocol::error::ErrorBody, description = "`body` over the limit"),
-              (status = 429, body = protocol::error::ErrorBody, description = "over budget; see Retry-After")))]
+    request_body(content = SendMessage, description = "`body` at most `max_message_bytes` (64 KiB by default), nested at most 64 levels; the request at most `max_message_bytes` + 4 KiB"),
+    responses(
+        (status = 201, body = MessageAccepted, description = "durable in the sender's and every recipient's inbox",
+         links(
+            ("GetMessage" = (operation_id = "get_message",
+                parameters(("id" = "$request.path.id"), ("message_id" = "$response.body#/message_id")),
+                description = "the message with its status per recipient")),
+            ("GetByClientId" = (operation_id = "get_message_by_client_id",
+                parameters(("id" = "$request.path.id"), ("client_id" = "$request.body#/id")),
+                description = "the same, by the request's `id`")))),
+        (status = 400, body = ErrorBody, description = "`bad_request`: not JSON of this shape, not exactly one of `to` / `group`, `body` not an object (or too deep, or a number out of range), `id` over 64 characters"),
+        (status = 401, body = ErrorBody, description = doc::NO_KEY),
+        (status = 403, body = ErrorBody, description = "`forbidden`: the sending device, or the group, belongs to another tenant"),
+        (status = 404, body = ErrorBody, description = "`not_found`: no such sending device, recipient address or group"),
+        (status = 413, body = ErrorBody, description = "`too_large`: `body` over `max_message_bytes` (64 KiB by default), or the request over its byte limit"),
+        (status = 415, body = ErrorBody, description = doc::NOT_JSON),
+        (status = 429, body = ErrorBody, description = "`rate_limited`: over the device's, tenant's or server's budget for this priority; retry after `Retry-After` seconds (`retry_after_ms` in the body)",
+         headers(("Retry-After" = u64, description = "seconds to wait before retrying"))),
+        (status = 500, body = ErrorBody, description = doc::INTERNAL),
+        (status = 503, body = ErrorBody, description = "`unavailable`: the store is failing, or the device's session is restarting; retry")))]
 #[post("/v1/devices/{id}/messages")]
 pub async fn send_message(
     tenant: TenantAuth,
@@ -150,10 +169,20 @@ pub async fn read_page(
 
 /// `GET /v1/devices/{id}/messages?after_seq=&limit=`: the inbox by seq.
 #[utoipa::path(get, path = "/v1/devices/{id}/messages", tag = "messages",
+    security(("tenant_key" = [])),
     params(("id" = String, Path, description = "device id"),
            ("after_seq" = Option<u64>, Query, description = "return seq > after_seq (default 0)"),
-           ("limit" = Option<u32>, Query, description = "page size, 1 to 1000 (default 100)")),
-    responses((status = 200, body = MessagePage, description = "messages and statuses, in seq order")))]
+           ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "page size, 1 to 1000 (default 100)")),
+    responses(
+        (status = 200, body = MessagePage, description = "messages and statuses, in seq order",
+         links(("NextPage" = (operation_id = "history",
+            parameters(("id" = "$request.path.id"), ("after_seq" = "$response.body#/next_after_seq")))))),
+        (status = 400, body = ErrorBody, description = "`bad_request`: `after_seq` not a non-negative integer, or `limit` not 1 to 1000"),
+        (status = 401, body = ErrorBody, description = doc::NO_KEY),
+        (status = 403, body = ErrorBody, description = doc::OTHER_TENANTS_DEVICE),
+        (status = 404, body = ErrorBody, description = doc::NO_DEVICE),
+        (status = 500, body = ErrorBody, description = doc::INTERNAL),
+        (status = 503, body = ErrorBody, description = doc::UNAVAILABLE)))]
 #[get("/v1/devices/{id}/messages")]
 pub async fn history(
     tenant: TenantAuth,
@@ -254,8 +283,14 @@ async fn message_status(
 #[utoipa::path(get, path = "/v1/devices/{id}/messages/{message_id}", tag = "messages",
     params(("id" = String, Path, description = "device id"),
            ("message_id" = String, Path, description = "message id")),
-    responses((status = 200, body = MessageStatus),
-              (status = 404, body = protocol::error::ErrorBody, description = "not in this inbox")))]
+    security(("tenant_key" = [])),
+    responses(
+        (status = 200, body = MessageStatus, description = "the message and its status per recipient"),
+        (status = 401, body = ErrorBody, description = doc::NO_KEY),
+        (status = 403, body = ErrorBody, description = doc::OTHER_TENANTS_DEVICE),
+        (status = 404, body = ErrorBody, description = "`not_found`: no such device, or no such message in its inbox"),
+        (status = 500, body = ErrorBody, description = doc::INTERNAL),
+        (status = 503, body = ErrorBody, description = doc::UNAVAILABLE)))]
 #[get("/v1/devices/{id}/messages/{message_id}")]
 pub async fn get_message(
     tenant: TenantAuth,
@@ -272,8 +307,14 @@ pub async fn get_message(
 #[utoipa::path(get, path = "/v1/devices/{id}/messages/by-client-id/{client_id}", tag = "messages",
     params(("id" = String, Path, description = "sending device id"),
            ("client_id" = String, Path, description = "the `id` the send carried")),
-    responses((status = 200, body = MessageStatus),
-              (status = 404, body = protocol::error::ErrorBody, description = "no send with that id")))]
+    security(("tenant_key" = [])),
+    responses(
+        (status = 200, body = MessageStatus, description = "the message and its status per recipient"),
+        (status = 401, body = ErrorBody, description = doc::NO_KEY),
+        (status = 403, body = ErrorBody, description = doc::OTHER_TENANTS_DEVICE),
+        (status = 404, body = ErrorBody, description = "`not_found`: no such device, or no send of it with this `id`"),
+        (status = 500, body = ErrorBody, description = doc::INTERNAL),
+        (status = 503, body = ErrorBody, description = doc::UNAVAILABLE)))]
 #[get("/v1/devices/{id}/messages/by-client-id/{client_id}")]
 pub async fn get_message_by_client_id(
     tenant: TenantAuth,

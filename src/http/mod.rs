@@ -6,9 +6,13 @@ pub mod admin_ops;
 pub mod body;
 pub mod cors;
 pub mod devices;
+pub mod group_sync;
 pub mod groups;
 pub mod jobs;
+pub mod media;
 pub mod messages;
+pub mod notifications;
+pub mod openapi;
 pub mod ops;
 pub mod queues;
 pub mod stats;
@@ -30,6 +34,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(devices::create_token)
         .service(devices::put_contacts)
         .service(devices::get_contacts)
+        .service(group_sync::sync_groups)
         .service(groups::create_group)
         .service(groups::get_group)
         .service(groups::add_members)
@@ -39,9 +44,14 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(messages::get_message_by_client_id)
         .service(messages::get_message)
         .service(jobs::bulk_send)
+        .service(notifications::notify)
         .service(jobs::get_job)
         .service(jobs::cancel_job)
         .service(jobs::retry_job)
+        .service(media::upload)
+        .service(media::get_meta)
+        .service(media::get_thumbnail)
+        .service(media::get_file)
         .service(queues::queue_stats)
         .service(queues::restart_queues)
         .service(queues::pause_lane)

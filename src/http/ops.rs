@@ -4,6 +4,7 @@ use actix_web::{get, web, HttpResponse};
 use serde_json::json;
 use utoipa::OpenApi;
 
+use super::openapi::{Mend, SecuritySchemes};
 use crate::state::AppState;
 
 /// The REST API description, generated from the handlers' annotations.
@@ -12,8 +13,27 @@ use crate::state::AppState;
     info(
         title = "Switchboard",
         description = "Multi-tenant realtime messaging server. \
-        Admin routes take `Authorization: Bearer <ADMIN_TOKEN>`, `/v1` routes the tenant's \
-        API key. The WebSocket protocol (`GET /v1/ws?token=`) is described in protocol/README.md."
+        Admin routes take `Authorization: Bearer <ADMIN_TOKEN>` (security scheme `admin_token`), \
+        `/v1` routes the tenant's API key (`tenant_key`); `/health` and `/metrics` are public. \
+        Every error answers `{\"error\":{\"code\",\"message\"}}` (`ErrorBody`) with the status \
+        of its code (`ErrorCode`); `rate_limited` (429) also carries `Retry-After` (seconds) \
+        and `retry_after_ms`. Request bodies are bounded in bytes: `max_request_bytes` \
+        (64 KiB by default), `max_bulk_bytes` for `POST /v1/messages/bulk` and \
+        `max_contacts_bytes` for `PUT /v1/devices/{id}/contacts` (16 MiB each by default); \
+        a longer body answers 413 before it is read. The WebSocket protocol \
+        (`GET /v1/ws?token=`) is described in protocol/README.md."
+    ),
+    modifiers(&SecuritySchemes, &Mend),
+    tags(
+        (name = "admin", description = "Tenants and operations, behind the admin token"),
+        (name = "devices", description = "Devices (phone-number endpoints) and their tokens"),
+        (name = "contacts", description = "A device's contacts"),
+        (name = "groups", description = "Groups of addresses"),
+        (name = "messages", description = "Synchronous sends, inbox history, per-recipient status"),
+        (name = "jobs", description = "Bulk sends and background jobs"),
+        (name = "media", description = "Uploaded files: upload, processing, metadata, the file and its thumbnail (API key or device token)"),
+        (name = "stats", description = "Message statistics"),
+        (name = "operations", description = "Public probes: health and metrics"),
     ),
     paths(
         super::admin::create_tenant,
@@ -28,6 +48,8 @@ use crate::state::AppState;
         super::groups::get_group,
         super::groups::add_members,
         super::groups::remove_member,
+        super::group_sync::sync_groups,
+        super::notifications::notify,
         super::messages::send_message,
         super::messages::history,
         super::messages::get_message,
@@ -36,6 +58,10 @@ use crate::state::AppState;
         super::jobs::get_job,
         super::jobs::cancel_job,
         super::jobs::retry_job,
+        super::media::upload,
+        super::media::get_meta,
+        super::media::get_file,
+        super::media::get_thumbnail,
         super::queues::queue_stats,
         super::queues::restart_queues,
         super::queues::pause_lane,
@@ -66,7 +92,9 @@ pub async fn openapi_json() -> HttpResponse {
 /// `GET /health`: liveness and readiness of each dependency and of the actor tree
 /// (root, persistence writers, dispatcher); 503 when not ready.
 #[utoipa::path(get, path = "/health", tag = "operations",
-    responses((status = 200, description = "ready"), (status = 503, description = "not ready")))]
+    responses((status = 200, description = "ready", body = super::openapi::Health),
+              (status = 503, description = "not ready (store failing, actor tree down, or draining)",
+               body = super::openapi::Health)))]
 #[get("/health")]
 pub async fn health(state: web::Data<AppState>) -> HttpResponse {
     let started = std::time::Instant::now();

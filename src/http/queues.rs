@@ -10,9 +10,11 @@ use actors::root::RootMsg;
 use protocol::Priority;
 use serde::Serialize;
 
+use super::openapi as doc;
 use crate::auth::AdminAuth;
 use crate::error::ApiError;
 use crate::state::AppState;
+use protocol::error::ErrorBody;
 
 /// Job counts by state.
 #[derive(Debug, Default, Clone, Serialize, utoipa::ToSchema)]
@@ -143,7 +145,12 @@ pub fn lane_name(p: Priority) -> &'static str {
 
 /// `GET /admin/queues/stats`: job counts by state, per lane and per tenant.
 #[utoipa::path(get, path = "/admin/queues/stats", tag = "admin",
-    responses((status = 200, body = QueueStats), (status = 401, body = protocol::error::ErrorBody)))]
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, body = QueueStats, description = "job counts by state, lane and tenant"),
+        (status = 401, body = ErrorBody, description = doc::NO_ADMIN),
+        (status = 500, body = ErrorBody, description = doc::INTERNAL),
+        (status = 503, body = ErrorBody, description = doc::UNAVAILABLE)))]
 #[get("/admin/queues/stats")]
 pub async fn queue_stats(
     _: AdminAuth,
@@ -189,8 +196,10 @@ pub async fn queue_stats(
 /// `POST /admin/queues/restart`: restarts the dispatcher. Jobs it was sending go back
 /// to the queue; their resends are idempotent (job id = request id).
 #[utoipa::path(post, path = "/admin/queues/restart", tag = "admin",
-    responses((status = 200, description = "`{\"restarted\":bool}`"),
-              (status = 401, body = protocol::error::ErrorBody)))]
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, body = doc::DispatcherRestarted, description = "the dispatcher was restarted"),
+        (status = 401, body = ErrorBody, description = doc::NO_ADMIN)))]
 #[post("/admin/queues/restart")]
 pub async fn restart_queues(
     _: AdminAuth,
@@ -223,10 +232,14 @@ fn parse_lane(name: &str) -> Result<Priority, ApiError> {
 /// stored (`Store::set_lane_paused`), for every node's dispatcher, and outlives a
 /// restart; this node's dispatcher stops at once.
 #[utoipa::path(post, path = "/admin/queues/lanes/{lane}/pause", tag = "admin",
-    params(("lane" = String, Path, description = "critical, high, normal or low")),
-    responses((status = 200, description = "`{\"lane\",\"paused\":true,\"changed\":bool}`"),
-              (status = 400, body = protocol::error::ErrorBody),
-              (status = 401, body = protocol::error::ErrorBody)))]
+    security(("admin_token" = [])),
+    params(("lane" = String, Path, pattern = "^(critical|high|normal|low)$", description = "critical, high, normal or low")),
+    responses(
+        (status = 200, body = doc::LaneChange, description = "the lane is paused"),
+        (status = 400, body = ErrorBody, description = "`bad_request`: not a lane"),
+        (status = 401, body = ErrorBody, description = doc::NO_ADMIN),
+        (status = 500, body = ErrorBody, description = doc::INTERNAL),
+        (status = 503, body = ErrorBody, description = doc::UNAVAILABLE)))]
 #[post("/admin/queues/lanes/{lane}/pause")]
 pub async fn pause_lane(
     _: AdminAuth,
@@ -263,10 +276,14 @@ async fn settle_on_every_node(state: &AppState) {
 /// `POST /admin/queues/lanes/{lane}/resume`: the dispatcher claims the lane's jobs
 /// again (stored, as a pause is).
 #[utoipa::path(post, path = "/admin/queues/lanes/{lane}/resume", tag = "admin",
-    params(("lane" = String, Path, description = "critical, high, normal or low")),
-    responses((status = 200, description = "`{\"lane\",\"paused\":false,\"changed\":bool}`"),
-              (status = 400, body = protocol::error::ErrorBody),
-              (status = 401, body = protocol::error::ErrorBody)))]
+    security(("admin_token" = [])),
+    params(("lane" = String, Path, pattern = "^(critical|high|normal|low)$", description = "critical, high, normal or low")),
+    responses(
+        (status = 200, body = doc::LaneChange, description = "the lane is claimed again"),
+        (status = 400, body = ErrorBody, description = "`bad_request`: not a lane"),
+        (status = 401, body = ErrorBody, description = doc::NO_ADMIN),
+        (status = 500, body = ErrorBody, description = doc::INTERNAL),
+        (status = 503, body = ErrorBody, description = doc::UNAVAILABLE)))]
 #[post("/admin/queues/lanes/{lane}/resume")]
 pub async fn resume_lane(
     _: AdminAuth,

@@ -13,9 +13,11 @@ use actors::store::DayStats;
 use serde::{Deserialize, Serialize};
 
 use super::devices::owned_device;
+use super::openapi as doc;
 use crate::auth::TenantAuth;
 use crate::error::ApiError;
 use crate::state::AppState;
+use protocol::error::ErrorBody;
 
 const DAY_MS: i64 = 86_400_000;
 /// The longest range one call may ask for.
@@ -101,9 +103,15 @@ fn date(day: i64) -> String {
 /// UTC day: messages sent, statuses delivered / read got for them, jobs queued and
 /// failed.
 #[utoipa::path(get, path = "/v1/stats/messages", tag = "stats", params(StatsQuery),
-    responses((status = 200, body = MessageStats),
-        (status = 400, body = protocol::error::ErrorBody, description = "a bad range (at most 92 days)"),
-        (status = 403, body = protocol::error::ErrorBody), (status = 404, body = protocol::error::ErrorBody)))]
+    security(("tenant_key" = [])),
+    responses(
+        (status = 200, body = MessageStats, description = "figures per device and UTC day"),
+        (status = 400, body = ErrorBody, description = "`bad_request`: `from` / `to` not integers, `from` negative or not before `to`, or a range over 92 days"),
+        (status = 401, body = ErrorBody, description = doc::NO_KEY),
+        (status = 403, body = ErrorBody, description = "`forbidden`: `device` belongs to another tenant"),
+        (status = 404, body = ErrorBody, description = "`not_found`: no device `device`"),
+        (status = 500, body = ErrorBody, description = doc::INTERNAL),
+        (status = 503, body = ErrorBody, description = doc::UNAVAILABLE)))]
 #[get("/v1/stats/messages")]
 pub async fn message_stats(
     tenant: TenantAuth,

@@ -133,6 +133,7 @@ hooked_impl! {
         get_group(id: &str) -> StoreResult<Option<GroupRecord>>;
         add_group_members(id: &str, members: &[String], max_members: usize) -> StoreResult<Option<GroupRecord>>;
         remove_group_member(id: &str, address: &str) -> StoreResult<Option<(GroupRecord, bool)>>;
+        upsert_groups(groups: Vec<GroupRecord>) -> StoreResult<Vec<GroupRecord>>;
         last_seq(device_id: &str) -> StoreResult<u64>;
         read_inbox(device_id: &str, after_seq: u64, limit: usize) -> StoreResult<Vec<InboxRow>>;
         inbox_messages(device_id: &str, message_ids: &[String]) -> StoreResult<Vec<InboxRow>>;

@@ -511,3 +511,58 @@ pub async fn check_concurrent_group_changes(store: Arc<dyn Store>) {
         n % 2 == 1
     }));
 }
+
+pub async fn check_group_upserts(store: Arc<dyn Store>) {
+    store.create_group(group("g1", &["+1"])).await.unwrap();
+    let mut renamed = group("g1", &["+2", "+3"]);
+    renamed.name = "Renamed".into();
+    renamed.created_at = 99;
+    let stored = store
+        .upsert_groups(vec![renamed, group("g2", &["+4"])])
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), 2);
+    // Replaced: name and members as given, version bumped, creation time kept.
+    assert_eq!(
+        (
+            stored[0].name.as_str(),
+            stored[0].version,
+            stored[0].created_at
+        ),
+        ("Renamed", 1, 5)
+    );
+    let g1 = store.get_group("g1").await.unwrap().unwrap();
+    assert_eq!(g1.members, strings(&["+2", "+3"]));
+    assert_eq!(
+        (g1.name.as_str(), g1.version, g1.created_at),
+        ("Renamed", 1, 5)
+    );
+    // Created as given.
+    let g2 = store.get_group("g2").await.unwrap().unwrap();
+    assert_eq!((g2.members.clone(), g2.version), (strings(&["+4"]), 0));
+    // Repeating the call converges on the same groups (versions move on).
+    store
+        .upsert_groups(vec![group("g2", &["+4"])])
+        .await
+        .unwrap();
+    let g2 = store.get_group("g2").await.unwrap().unwrap();
+    assert_eq!((g2.members, g2.version), (strings(&["+4"]), 1));
+    // Another tenant's id is a conflict and leaves the group as it was.
+    let mut foreign = group("g1", &["+9"]);
+    foreign.tenant_id = "t2".into();
+    assert!(matches!(
+        store.upsert_groups(vec![foreign]).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let g1 = store.get_group("g1").await.unwrap().unwrap();
+    assert_eq!(
+        (g1.members, g1.tenant_id.as_str()),
+        (strings(&["+2", "+3"]), "t1")
+    );
+    // A thousand groups in one call.
+    let many: Vec<GroupRecord> = (0..1000)
+        .map(|i| group(&format!("m{i:04}"), &["+1", "+2"]))
+        .collect();
+    assert_eq!(store.upsert_groups(many).await.unwrap().len(), 1000);
+    assert!(store.get_group("m0999").await.unwrap().is_some());
+}

@@ -14,6 +14,7 @@ mod directory;
 mod harness;
 mod inbox;
 mod jobs;
+mod media;
 mod mongodb_only;
 
 /// Every check, by name.
@@ -58,6 +59,7 @@ contract!(
     check_contacts,
     check_groups,
     check_concurrent_group_changes,
+    check_group_upserts,
     check_commit_and_read,
     check_commit_retries_and_conflicts,
     check_inbox_lookups,

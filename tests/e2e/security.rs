@@ -37,6 +37,31 @@ const PUBLIC: &[(&str, &str, &str)] = &[
     ),
 ];
 
+/// `/v1` routes that take a device token of the tenant as well as its key, by design,
+/// and why. A's device token is a valid credential there (checked below); another
+/// tenant's device token is refused like its key.
+const DEVICE_TOKEN_ROUTES: &[(&str, &str, &str)] = &[
+    ("POST", "/v1/media", "a device uploads the files it sends"),
+    (
+        "GET",
+        "/v1/media/{id}",
+        "a tenant's devices fetch the files its messages reference",
+    ),
+    ("GET", "/v1/media/{id}/meta", "the same file's metadata"),
+    (
+        "GET",
+        "/v1/media/{id}/thumbnail",
+        "the same file's thumbnail",
+    ),
+];
+
+/// Whether `route` is one of [`DEVICE_TOKEN_ROUTES`].
+fn takes_device_tokens(route: &Route) -> bool {
+    DEVICE_TOKEN_ROUTES
+        .iter()
+        .any(|(m, t, _)| *m == route.method && *t == route.template)
+}
+
 /// Admin routes registered outside the document (the `test_hooks` fault injection,
 /// on in the test server): they must refuse everything but the admin token too.
 const UNDOCUMENTED_ADMIN: &[(&str, &str)] = &[
@@ -150,6 +175,8 @@ struct Fixture {
     message: String,
     client_id: String,
     a1_token: String,
+    /// A file a1 uploaded.
+    media: String,
 }
 
 /// Creates A's resources: two devices, a group of both, a delayed bulk job, a message
@@ -195,7 +222,24 @@ async fn fixture(ta: &Tenant) -> Fixture {
     assert_eq!(status, 201, "{sent}");
     let message = sent["message_id"].as_str().unwrap().to_owned();
     let a1_token = ta.token(&a1).await;
+    // An image, so it has a thumbnail too.
+    let mut png = std::io::Cursor::new(Vec::new());
+    image::RgbImage::new(2, 2)
+        .write_to(&mut png, image::ImageFormat::Png)
+        .unwrap();
+    let uploaded = ta
+        .http
+        .post(format!("{}/v1/media?device_id={}", ta.base, a1.id))
+        .bearer_auth(&ta.key)
+        .body(png.into_inner())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(uploaded.status(), 202);
+    let uploaded: Value = uploaded.json().await.unwrap();
+    let media = uploaded["media_id"].as_str().unwrap().to_owned();
     Fixture {
+        media,
         a1,
         a2,
         group,
@@ -221,6 +265,7 @@ fn fill(template: &str, fx: &Fixture) -> String {
             ("id", "devices") => fx.a1.id.clone(),
             ("id", "groups") => fx.group.clone(),
             ("id", "jobs") => fx.job.clone(),
+            ("id", "media") => fx.media.clone(),
             ("message_id", "messages") => fx.message.clone(),
             ("client_id", "by-client-id") => fx.client_id.clone(),
             ("address", "members") => fx.a2.address.replace('+', "%2B"),
@@ -254,9 +299,19 @@ fn body_for(route: &Route, fx: &Fixture) -> Option<Value> {
             json!({"name": "B's", "members": [fx.a1.address, fx.a2.address]})
         }
         ("POST", "/v1/groups/{id}/members") => json!({"members": [address()]}),
+        // The file is the raw body: any body does for the credential checks, and
+        // `check_own_scope` uploads a real file.
+        ("POST", "/v1/media") => json!({"not": "a file"}),
         ("POST", "/v1/messages/bulk") => json!({"messages": [{
             "device": fx.a1.id, "to": fx.a2.address, "body": {"text": "bulk as A"},
         }]}),
+        ("POST", "/v1/groups/sync") => json!({"groups": [{
+            // Both members kept: later controls remove a2 from this group.
+            "group_id": fx.group, "name": "taken over", "members": [fx.a1.address, fx.a2.address],
+        }]}),
+        ("POST", "/v1/notifications") => {
+            json!({"body": {"text": "as B"}, "to": [fx.a1.address, fx.a2.address]})
+        }
         _ if route.has_body => panic!(
             "{}: the document declares a request body; add a valid one to security.rs \
              `body_for`",
@@ -359,6 +414,36 @@ async fn check_own_scope(
             let (status, g) = ta.call("GET", &format!("/v1/groups/{gid}"), None).await;
             assert_eq!(status, 403, "A reads B's group: {g}");
         }
+        ("POST", "/v1/notifications") => {
+            // B's notification naming A's addresses reaches none of A's devices.
+            assert_eq!(a.status, 202, "{name}: {}", a.body);
+            let job = a.body["job_id"].as_str().unwrap();
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+            loop {
+                let (status, v) = tb.call("GET", &format!("/v1/jobs/{job}"), None).await;
+                assert_eq!(status, 200, "{v}");
+                if v["state"] == "completed" {
+                    break;
+                }
+                assert!(tokio::time::Instant::now() < deadline, "{v}");
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            for d in [&fx.a1, &fx.a2] {
+                let (status, page) = ta
+                    .call("GET", &format!("/v1/devices/{}/messages", d.id), None)
+                    .await;
+                assert_eq!(status, 200, "{page}");
+                let reached = page["items"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|m| m["from"] == "system");
+                assert!(
+                    !reached,
+                    "{name}: B's notification reached A's device: {page}"
+                );
+            }
+        }
         ("GET", "/v1/stats/messages") => {
             // B's statistics name none of A's devices, and A's device is not B's to ask.
             assert_eq!(a.status, 200, "{name}: {}", a.body);
@@ -379,6 +464,30 @@ async fn check_own_scope(
             assert_eq!(status, 200, "{own}");
             assert!(own["totals"]["sent"].as_u64().unwrap() >= 1, "{own}");
         }
+        ("POST", "/v1/media") => {
+            // B's key acts in B's scope (no device named: 400), and cannot plant a
+            // file on A's device: it is not B's device.
+            assert_eq!(a.status, 400, "{name}: {}", a.body);
+            let aimed = format!("{}/v1/media?device_id={}", server.base, fx.a1.id);
+            let planted = server
+                .http
+                .post(&aimed)
+                .bearer_auth(&tb.key)
+                .body(b"%PDF-1.4\nplanted\n".to_vec())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(planted.status(), 404, "{name}: B uploaded for A's device");
+            let own = server
+                .http
+                .post(&aimed)
+                .bearer_auth(&ta.key)
+                .body(b"%PDF-1.4\nmine\n".to_vec())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(own.status(), 202, "{name}: A's own upload");
+        }
         _ => panic!(
             "{name}: a /v1 route with no tenant-A path parameter and no expectation; add \
              one to security.rs (`check_own_scope`, or aim its body at A's resources)"
@@ -395,6 +504,8 @@ async fn every_documented_route_refuses_credentials_that_are_not_its_own() {
     let ta = server.tenant().await;
     let tb = server.tenant().await;
     let fx = fixture(&ta).await;
+    let tb_device = tb.device().await;
+    let tb_token = tb.token(&tb_device).await;
     // A well-shaped key that belongs to nobody.
     let unknown_key = format!("sk_{}", "0".repeat(64));
 
@@ -435,12 +546,31 @@ async fn every_documented_route_refuses_credentials_that_are_not_its_own() {
                 ("an unknown key", Some(unknown_key.as_str())),
                 ("the admin token", Some(server.admin_token.as_str())),
             ] {
+                if who == "A's device token" && takes_device_tokens(route) {
+                    // A valid credential here (DEVICE_TOKEN_ROUTES); B's is not.
+                    if route.has_placeholder() {
+                        let a = request(&server, &route.method, &path, Some(&tb_token), &[], None)
+                            .await;
+                        assert_refused(&format!("{name} with B's device token"), &a, &[404]);
+                        let a =
+                            request(&server, &route.method, &path, Some(&fx.a1_token), &[], None)
+                                .await;
+                        assert!(
+                            (200..300).contains(&a.status) || a.status == 409,
+                            "control: {name} with A's device token answered {}: {}",
+                            a.status,
+                            a.body
+                        );
+                    }
+                    continue;
+                }
                 let a = request(&server, &route.method, &path, bearer, &[], body.as_ref()).await;
                 assert_refused(&format!("{name} with {who}"), &a, &[401]);
             }
             // Tenant B's key, aimed at A's resources.
             let aims_at_a = route.has_placeholder()
-                || (route.method == "POST" && route.template == "/v1/messages/bulk");
+                || (route.method == "POST"
+                    && ["/v1/messages/bulk", "/v1/groups/sync"].contains(&route.template.as_str()));
             if aims_at_a {
                 let a = request(
                     &server,

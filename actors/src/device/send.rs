@@ -8,6 +8,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use protocol::background::SYSTEM_ADDRESS;
 use protocol::rest::MessageAccepted;
 use protocol::{ErrorCode, Priority, Target};
 
@@ -66,6 +67,12 @@ impl DeviceState {
         if self.resyncing() {
             let err = SendError::new(ErrorCode::Unavailable, "inbox resyncing; retry");
             self.respond(responder, client_id.as_deref(), Err(err));
+            return;
+        }
+        // A media reference must name a file of this tenant (`crate::media`).
+        if let Err(e) = crate::media::check_body(&self.env, &self.device.tenant_id, &req.body).await
+        {
+            self.respond(responder, client_id.as_deref(), Err(e));
             return;
         }
         let recipients = match routing::recipients(&self.env, &self.device, &req.target).await {
@@ -374,12 +381,18 @@ impl DeviceState {
         target: &Target,
         cost: u32,
     ) -> Result<(), SendError> {
-        if let Err(wait) = self.limiter.check(priority, cost) {
-            return Err(self.refusal(Scope::Device, priority, wait));
+        // The tenant's `system` device (notifications) is paced by the tenant and
+        // server budgets only: one phone number's budget would hold a notification to
+        // every device of the tenant at that number's rate.
+        let own = self.device.address != SYSTEM_ADDRESS;
+        if own {
+            if let Err(wait) = self.limiter.check(priority, cost) {
+                return Err(self.refusal(Scope::Device, priority, wait));
+            }
         }
         let pair_rate = self.env.settings.pair_rate_per_minute;
         let pair_key = match target {
-            Target::To(a) if pair_rate > 0 => Some(a.as_str()),
+            Target::To(a) if own && pair_rate > 0 => Some(a.as_str()),
             _ => None,
         };
         if let Some(to) = pair_key {
@@ -400,7 +413,9 @@ impl DeviceState {
             }
         }
         if let Err((scope, wait)) = self.env.limits.acquire(&self.device.tenant_id, cost) {
-            self.refund_device(priority, pair_key);
+            if own {
+                self.refund_device(priority, pair_key);
+            }
             return Err(self.refusal(scope, priority, wait));
         }
         if let Some(shared) = &self.env.shared_budgets {
@@ -411,7 +426,7 @@ impl DeviceState {
                 key: &device_key,
                 per_minute: settings.rate_per_minute[priority.index()],
             }; 3];
-            let mut n = 1;
+            let mut n = usize::from(own);
             for (scope, key, per_minute) in [
                 (
                     Scope::Tenant,
@@ -430,9 +445,15 @@ impl DeviceState {
                     n += 1;
                 }
             }
-            if let Some(Grant::Refused { scope, wait }) = shared.take(&windows[..n], cost).await {
+            let grant = match n {
+                0 => None,
+                _ => shared.take(&windows[..n], cost).await,
+            };
+            if let Some(Grant::Refused { scope, wait }) = grant {
                 self.env.limits.refund(&self.device.tenant_id, cost);
-                self.refund_device(priority, pair_key);
+                if own {
+                    self.refund_device(priority, pair_key);
+                }
                 return Err(self.refusal(scope, priority, wait));
             }
         }

@@ -30,7 +30,9 @@
 //!   rates live in the [`DispatcherHandle`] (in the `Env`), not in the actor's state, so
 //!   a paused lane stays paused across a dispatcher restart.
 
+mod background;
 mod handle;
+mod media;
 mod work;
 
 use std::collections::HashMap;
@@ -40,6 +42,7 @@ use std::time::{Duration, Instant};
 use protocol::Priority;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
+pub use background::{notification_client_id, NotificationBody, GROUP_BATCH, NOTIFY_WINDOW};
 pub use handle::{DispatcherHandle, LaneLive};
 
 use crate::clock::now_ms;
@@ -405,7 +408,9 @@ impl DispatcherState {
         };
         self.maybe_waiting = jobs.len() == limit;
         for job in jobs {
-            let contacts = job.kind == JobKind::Contacts;
+            // Contact and group syncs are heavy store work: at most
+            // QUEUE_CONTACT_CONCURRENCY of them run at once.
+            let contacts = matches!(job.kind, JobKind::Contacts | JobKind::Groups);
             if contacts && self.contacts_inflight >= self.env.settings.queue_contact_concurrency {
                 // QUEUE_CONTACT_CONCURRENCY syncs at once: this one waits its turn.
                 self.updates.push(JobUpdate::Delayed {
@@ -448,6 +453,9 @@ impl DispatcherState {
                 let (update, blocked) = match job.kind {
                     JobKind::Message => work::send_job(&env, &job, body).await,
                     JobKind::Contacts => (work::sync_contacts(&env, &job, &body).await, None),
+                    JobKind::Groups => (background::sync_groups(&env, &job, &body).await, None),
+                    JobKind::Notification => background::notify(&env, &job, &body).await,
+                    JobKind::Media => (media::process(&env, &job).await, None),
                 };
                 let _ = me.cast(DispatcherMsg::Done(update, blocked, contacts, lane));
             });

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use protocol::rest::Contact;
+use protocol::rest::{Contact, MessageAccepted};
 use protocol::{ErrorCode, Target};
 use tokio::sync::oneshot;
 
@@ -14,11 +14,14 @@ use crate::directory::RouteError;
 use crate::jobs::{JobRecord, JobUpdate};
 use crate::Env;
 
+/// A send's error when its sending device is gone.
+pub(super) const NO_SENDER: &str = "the sending device no longer exists";
+
 /// What a store failure looks like in a job's `error` (never the store's own text).
-const STORE_DOWN: &str = "unavailable: storage unavailable";
+pub(super) const STORE_DOWN: &str = "unavailable: storage unavailable";
 
 /// A transient failure: delayed with backoff while attempts remain, else failed.
-fn transient(env: &Env, job: &JobRecord, attempts: u32, error: String) -> JobUpdate {
+pub(super) fn transient(env: &Env, job: &JobRecord, attempts: u32, error: String) -> JobUpdate {
     if attempts >= env.settings.queue_attempts {
         JobUpdate::Failed {
             id: job.id.clone(),
@@ -76,7 +79,6 @@ pub(super) async fn send_job(
             }
         }
     }
-    let (tx, rx) = oneshot::channel();
     let req = SendRequest {
         client_id: Some(client_id),
         target,
@@ -84,27 +86,7 @@ pub(super) async fn send_job(
         priority: job.lane,
         resume,
     };
-    let routed = env
-        .directory
-        .deliver(&job.device_id, DeviceMsg::Send(req, Responder::Rest(tx)))
-        .await;
-    let result = match routed {
-        Ok(()) => rx.await.unwrap_or_else(|_| {
-            Err(SendError::new(
-                ErrorCode::Unavailable,
-                "device session restarted",
-            ))
-        }),
-        Err(RouteError::NoDevice) => Err(SendError::new(
-            ErrorCode::NotFound,
-            "the sending device no longer exists",
-        )),
-        Err(RouteError::Store(e)) => Err(SendError::storage(&e)),
-        Err(RouteError::Unavailable) => Err(SendError::new(
-            ErrorCode::Unavailable,
-            "device session unavailable",
-        )),
-    };
+    let result = route_send(env, &job.device_id, req).await;
     match result {
         Ok(accepted) => (
             JobUpdate::Completed {
@@ -147,6 +129,33 @@ pub(super) async fn send_job(
             },
             None,
         ),
+    }
+}
+
+/// Hands a send to `device_id`'s session (wherever it runs) and waits for its answer.
+pub(super) async fn route_send(
+    env: &Env,
+    device_id: &str,
+    req: SendRequest,
+) -> Result<MessageAccepted, SendError> {
+    let (tx, rx) = oneshot::channel();
+    let routed = env
+        .directory
+        .deliver(device_id, DeviceMsg::Send(req, Responder::Rest(tx)))
+        .await;
+    match routed {
+        Ok(()) => rx.await.unwrap_or_else(|_| {
+            Err(SendError::new(
+                ErrorCode::Unavailable,
+                "device session restarted",
+            ))
+        }),
+        Err(RouteError::NoDevice) => Err(SendError::new(ErrorCode::NotFound, NO_SENDER)),
+        Err(RouteError::Store(e)) => Err(SendError::storage(&e)),
+        Err(RouteError::Unavailable) => Err(SendError::new(
+            ErrorCode::Unavailable,
+            "device session unavailable",
+        )),
     }
 }
 

@@ -119,6 +119,12 @@ pub trait Store: Send + Sync + 'static {
         id: &str,
         address: &str,
     ) -> StoreResult<Option<(GroupRecord, bool)>>;
+    /// Creates or replaces groups (group sync): a group that exists gets the given name
+    /// and members and its version bumped (its creation time is kept), one that does
+    /// not is created as given. Answers the groups as stored, in order. `Conflict` if
+    /// an id belongs to another tenant. Idempotent, so a call that failed part way
+    /// (MongoDB writes group by group) converges when repeated.
+    async fn upsert_groups(&self, groups: Vec<GroupRecord>) -> StoreResult<Vec<GroupRecord>>;
 
     /// Writes inbox rows (group commit) and the messages their message rows point at.
     /// Answers one result per row, in order: a row whose seq already holds the same

@@ -203,6 +203,17 @@ pub(super) fn group_at_version_query(id: &str, version: i64) -> KnownQuery {
     .residual(&["version"])
 }
 
+/// A tenant's group by id (the replace of a group sync).
+pub(super) fn tenant_group_query(id: &str, tenant_id: &str) -> KnownQuery {
+    KnownQuery::new(
+        "upsert_groups",
+        coll::GROUPS,
+        doc! { "_id": id, "tenant_id": tenant_id },
+    )
+    .index("_id_")
+    .residual(&["tenant_id"])
+}
+
 /// The group if `address` is a member.
 pub(super) fn group_member_query(id: &str, address: &str) -> KnownQuery {
     KnownQuery::new(
@@ -601,4 +612,37 @@ pub(super) async fn remove_group_member(
         .map(GroupDoc::into_record)
         .transpose()?
         .map(|g| (g, false)))
+}
+
+/// Creates or replaces groups one by one (see `Store::upsert_groups`): a replace is
+/// one conditional update within the tenant; when it matches nothing the insert
+/// creates the group, or fails on the taken id of another tenant's group.
+pub(super) async fn upsert_groups(
+    s: &Inner,
+    groups: Vec<GroupRecord>,
+) -> StoreResult<Vec<GroupRecord>> {
+    let coll = s.coll::<GroupDoc>(coll::GROUPS);
+    let mut stored = Vec::with_capacity(groups.len());
+    for g in groups {
+        let q = tenant_group_query(&g.id, &g.tenant_id);
+        let replaced = coll
+            .find_one_and_update(
+                q.filter,
+                doc! {
+                    "$set": { "name": g.name.clone(), "members": g.members.clone() },
+                    "$inc": { "version": 1_i64 },
+                },
+            )
+            .return_document(ReturnDocument::After)
+            .await
+            .map_err(map_err)?;
+        match replaced {
+            Some(d) => stored.push(d.into_record()?),
+            None => {
+                create_group(s, &g).await?;
+                stored.push(g);
+            }
+        }
+    }
+    Ok(stored)
 }

@@ -73,10 +73,12 @@ mod fence;
 mod inbox;
 pub mod indexes;
 mod jobs;
+mod media;
 mod reports;
 mod stats;
 
 pub use indexes::{IndexDef, Partial, INDEXES};
+pub use media::MongoMedia;
 pub use stats::{
     known_queries, CollectionStat, IndexStat, KnownQuery, MongoStats, PlanSummary, QueryStat,
 };
@@ -733,6 +735,14 @@ impl Store for MongoStore {
         self.run(
             "remove_group_member",
             directory::remove_group_member(&self.inner, id, address),
+        )
+        .await
+    }
+
+    async fn upsert_groups(&self, groups: Vec<GroupRecord>) -> StoreResult<Vec<GroupRecord>> {
+        self.run(
+            "upsert_groups",
+            directory::upsert_groups(&self.inner, groups),
         )
         .await
     }

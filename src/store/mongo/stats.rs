@@ -101,6 +101,7 @@ pub fn known_queries() -> Vec<KnownQuery> {
         d::get_group_query("group"),
         d::group_at_version_query("group", 3),
         d::group_member_query("group", "+15550001"),
+        d::tenant_group_query("group", "tenant"),
         i::last_seq_query("device"),
         i::read_inbox_query("device", 10),
         i::messages_query("read_inbox", &["m1", "m2"]),

@@ -48,6 +48,9 @@ const INSERT_GROUP: &str =
     "INSERT INTO groups (id, tenant_id, name, members, created_at, version) \
      VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
 const SET_MEMBERS: &str = "UPDATE groups SET members = ?2, version = version + 1 WHERE id = ?1";
+/// A group sync's replace: name and members, version bumped, within its tenant.
+const REPLACE_GROUP: &str = "UPDATE groups SET name = ?3, members = ?4, version = version + 1 \
+     WHERE id = ?1 AND tenant_id = ?2 RETURNING created_at, version";
 
 /// Deleting a device: its rows in each table (inbox and jobs in `inbox.rs`, `jobs.rs`).
 pub const DELETE_DEVICE: &str = "DELETE FROM devices WHERE id = ?1";
@@ -269,4 +272,36 @@ pub(super) fn change_members(
     }
     tx.commit().map_err(unavailable)?;
     Ok(Some((group, changed)))
+}
+
+/// Creates or replaces groups in one transaction (see `Store::upsert_groups`).
+pub(super) fn upsert_groups(
+    conn: &mut Connection,
+    groups: Vec<GroupRecord>,
+) -> StoreResult<Vec<GroupRecord>> {
+    let tx = conn.transaction().map_err(unavailable)?;
+    let mut stored = Vec::with_capacity(groups.len());
+    for mut g in groups {
+        let members = encode_members(&g.members)?;
+        let replaced = tx
+            .prepare_cached(REPLACE_GROUP)
+            .and_then(|mut st| {
+                st.query_row(params![g.id, g.tenant_id, g.name, members], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+                })
+                .optional()
+            })
+            .map_err(unavailable)?;
+        match replaced {
+            Some((created_at, version)) => {
+                g.created_at = created_at;
+                g.version = u64::try_from(version).unwrap_or(0);
+            }
+            // Absent, or another tenant's: the insert tells them apart (the id is taken).
+            None => create_group(&tx, &g)?,
+        }
+        stored.push(g);
+    }
+    tx.commit().map_err(unavailable)?;
+    Ok(stored)
 }

@@ -42,9 +42,11 @@ mod cluster;
 mod directory;
 mod inbox;
 mod jobs;
+mod media;
 mod reports;
 mod schema;
 mod stats;
+pub use media::SqliteMedia;
 pub use stats::{known_queries, DbFile, IndexStat, QueryPlan, SqliteStats, TableDetail};
 
 /// How many reader connections the pool holds.
@@ -385,6 +387,11 @@ impl Store for SqliteStore {
             })
         })
         .await
+    }
+
+    async fn upsert_groups(&self, groups: Vec<GroupRecord>) -> StoreResult<Vec<GroupRecord>> {
+        self.write(move |c| directory::upsert_groups(c, groups))
+            .await
     }
 
     async fn commit_rows(&self, rows: Arc<Vec<InboxRow>>) -> StoreResult<Vec<RowResult>> {

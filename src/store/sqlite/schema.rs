@@ -9,6 +9,8 @@
 //!   that wrote it (0 on one node), and an inbox holds a message at most once
 //!   (`inbox_message_once`); a job claim has an owner and a lease; node leases
 //!   (`nodes`), device ownership (`owners`) and lane pauses (`lanes`) are tables.
+//! - The `media` table (uploaded files' metadata, `media.rs`) came later, without a
+//!   version: a new table needs no migration, [`SCHEMA`] creates it where missing.
 
 use rusqlite::{Connection, ErrorCode};
 
@@ -139,6 +141,26 @@ CREATE TABLE IF NOT EXISTS owners (
     epoch INTEGER NOT NULL,
     clean INTEGER NOT NULL,
     since INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS media (
+    id TEXT PRIMARY KEY,
+    tenant_id TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    job_id TEXT NOT NULL,
+    name TEXT,
+    mime TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    sha256 TEXT,
+    width INTEGER,
+    height INTEGER,
+    thumb_mime TEXT,
+    thumb_size INTEGER,
+    thumb_width INTEGER,
+    thumb_height INTEGER,
+    error TEXT,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
 );
 ";
 
