@@ -41,4 +41,6 @@ pub struct AppState {
     pub ip_limits: crate::ws::guard::IpLimits,
     /// Injected store faults (only with `test_hooks`).
     pub store_faults: Option<Arc<crate::store::hooked::Faults>>,
+    /// The webhook sender's settings and HTTP client (test deliveries).
+    pub webhooks: crate::webhooks::WebhookHandle,
 }

@@ -40,6 +40,8 @@ pub struct Env {
     pub dispatcher: DispatcherHandle,
     /// This node's part in a cluster (`None` on one node: everything is local).
     pub cluster: Option<Arc<Cluster>>,
+    /// Records webhook events in the outbox (`crate::webhooks`).
+    pub webhooks: crate::webhooks::Webhooks,
 }
 
 impl Env {
@@ -63,6 +65,10 @@ impl Env {
             ),
             shared_budgets,
             dispatcher: DispatcherHandle::default(),
+            webhooks: crate::webhooks::Webhooks::new(
+                store.clone(),
+                settings.webhook_endpoint_cache,
+            ),
             store,
             settings,
             stats: Stats::default(),

@@ -26,5 +26,6 @@ mod shared_budgets;
 mod smoke;
 mod stats;
 mod supervision;
+mod webhooks;
 mod ws;
 mod ws_errors;

@@ -150,6 +150,7 @@ struct Fixture {
     message: String,
     client_id: String,
     a1_token: String,
+    webhook: String,
 }
 
 /// Creates A's resources: two devices, a group of both, a delayed bulk job, a message
@@ -195,7 +196,18 @@ async fn fixture(ta: &Tenant) -> Fixture {
     assert_eq!(status, 201, "{sent}");
     let message = sent["message_id"].as_str().unwrap().to_owned();
     let a1_token = ta.token(&a1).await;
+    // Nothing listens on the discard port: test deliveries fail fast, as designed.
+    let (status, hook) = ta
+        .call(
+            "POST",
+            "/v1/webhooks",
+            Some(json!({"url": "http://127.0.0.1:9/a", "events": ["job.failed"]})),
+        )
+        .await;
+    assert_eq!(status, 201, "{hook}");
+    let webhook = hook["webhook_id"].as_str().unwrap().to_owned();
     Fixture {
+        webhook,
         a1,
         a2,
         group,
@@ -221,6 +233,7 @@ fn fill(template: &str, fx: &Fixture) -> String {
             ("id", "devices") => fx.a1.id.clone(),
             ("id", "groups") => fx.group.clone(),
             ("id", "jobs") => fx.job.clone(),
+            ("id", "webhooks") => fx.webhook.clone(),
             ("message_id", "messages") => fx.message.clone(),
             ("client_id", "by-client-id") => fx.client_id.clone(),
             ("address", "members") => fx.a2.address.replace('+', "%2B"),
@@ -257,6 +270,11 @@ fn body_for(route: &Route, fx: &Fixture) -> Option<Value> {
         ("POST", "/v1/messages/bulk") => json!({"messages": [{
             "device": fx.a1.id, "to": fx.a2.address, "body": {"text": "bulk as A"},
         }]}),
+        ("POST", "/v1/webhooks") => {
+            json!({"url": "http://127.0.0.1:9/b", "events": ["job.failed"]})
+        }
+        ("PATCH", "/v1/webhooks/{id}") => json!({"description": "changed"}),
+        ("POST", "/v1/webhooks/{id}/dead-letters/replay") => json!({}),
         _ if route.has_body => panic!(
             "{}: the document declares a request body; add a valid one to security.rs \
              `body_for`",
@@ -378,6 +396,21 @@ async fn check_own_scope(
             let (status, own) = ta.call("GET", &aimed, None).await;
             assert_eq!(status, 200, "{own}");
             assert!(own["totals"]["sent"].as_u64().unwrap() >= 1, "{own}");
+        }
+        ("GET", "/v1/webhooks") => {
+            assert_eq!(a.status, 200, "{name}: {}", a.body);
+            assert!(
+                !a.body.to_string().contains(&fx.webhook),
+                "{name}: B's listing shows A's webhook: {}",
+                a.body
+            );
+        }
+        ("POST", "/v1/webhooks") => {
+            // B's own endpoint; A cannot read it.
+            assert_eq!(a.status, 201, "{name}: {}", a.body);
+            let id = a.body["webhook_id"].as_str().unwrap();
+            let (status, theirs) = ta.call("GET", &format!("/v1/webhooks/{id}"), None).await;
+            assert_eq!(status, 403, "A reads B's webhook: {theirs}");
         }
         _ => panic!(
             "{name}: a /v1 route with no tenant-A path parameter and no expectation; add \
