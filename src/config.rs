@@ -192,6 +192,29 @@ pub struct Config {
     pub cache_ttl_stats: Option<u64>,
     /// Most entries in the in-process cache.
     pub cache_max_items: usize,
+    /// Webhooks: attempts per delivery before it becomes a dead letter (1–100).
+    pub webhook_max_attempts: u32,
+    /// Webhooks: the first retry waits about this long (ms); doubled per attempt, with
+    /// jitter.
+    pub webhook_backoff_base_ms: u64,
+    /// Webhooks: the longest wait between attempts (ms).
+    pub webhook_backoff_max_ms: u64,
+    /// Webhooks: one attempt may take this long in all (ms), connecting included.
+    pub webhook_timeout_ms: u64,
+    /// Webhooks: connecting to a receiver may take this long (ms).
+    pub webhook_connect_timeout_ms: u64,
+    /// Webhooks: deliveries in flight at once on this node.
+    pub webhook_concurrency: usize,
+    /// Webhooks: consecutive failures that open an endpoint's circuit breaker.
+    pub webhook_breaker_failures: u32,
+    /// Webhooks: how long an open breaker waits before one probe (ms).
+    pub webhook_breaker_cooldown_ms: u64,
+    /// Webhooks: how often the outbox is polled when nothing wakes the sender (ms).
+    pub webhook_poll_ms: u64,
+    /// Webhooks: delivered and dropped deliveries are deleted this long after (s).
+    pub webhook_retention_secs: u64,
+    /// Webhooks: how long a tenant's endpoint list is cached (ms).
+    pub webhook_endpoint_cache_ms: u64,
 }
 
 impl Default for Config {
@@ -281,6 +304,17 @@ impl Default for Config {
             cache_ttl_tenants: None,
             cache_ttl_stats: None,
             cache_max_items: 100_000,
+            webhook_max_attempts: 8,
+            webhook_backoff_base_ms: 1000,
+            webhook_backoff_max_ms: 600_000,
+            webhook_timeout_ms: 10_000,
+            webhook_connect_timeout_ms: 5000,
+            webhook_concurrency: 32,
+            webhook_breaker_failures: 5,
+            webhook_breaker_cooldown_ms: 30_000,
+            webhook_poll_ms: 500,
+            webhook_retention_secs: 7 * 24 * 3600,
+            webhook_endpoint_cache_ms: 2000,
         }
     }
 }
@@ -428,6 +462,31 @@ impl Config {
                 self.cluster_lease_ms.max(1000).saturating_mul(5),
             ),
             cluster: self.cluster_settings(),
+            webhook_endpoint_cache: std::time::Duration::from_millis(
+                self.webhook_endpoint_cache_ms.min(60_000),
+            ),
+        }
+    }
+
+    /// The webhook sender's settings, each bounded.
+    pub fn webhook_settings(&self) -> crate::webhooks::WebhookSettings {
+        use std::time::Duration;
+        let ms = Duration::from_millis;
+        let base = self.webhook_backoff_base_ms.clamp(10, 3_600_000);
+        let timeout = self.webhook_timeout_ms.clamp(100, 120_000);
+        crate::webhooks::WebhookSettings {
+            max_attempts: self.webhook_max_attempts.clamp(1, 100),
+            backoff_base: ms(base),
+            backoff_max: ms(self.webhook_backoff_max_ms.clamp(base, 24 * 3_600_000)),
+            timeout: ms(timeout),
+            connect_timeout: ms(self.webhook_connect_timeout_ms.clamp(50, timeout)),
+            concurrency: self.webhook_concurrency.clamp(1, 1024),
+            breaker_failures: self.webhook_breaker_failures.clamp(1, 1000),
+            breaker_cooldown: ms(self.webhook_breaker_cooldown_ms.clamp(10, 3_600_000)),
+            poll: ms(self.webhook_poll_ms.clamp(10, 60_000)),
+            retention: Duration::from_secs(self.webhook_retention_secs.max(60)),
+            // A claim outlives any attempt: the timeout twice, and a margin.
+            lease: ms(timeout.saturating_mul(2).saturating_add(5000)),
         }
     }
 

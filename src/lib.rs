@@ -15,4 +15,5 @@ pub mod secrets;
 pub mod server;
 pub mod state;
 pub mod store;
+pub mod webhooks;
 pub mod ws;

@@ -49,6 +49,16 @@ pub mod names {
     /// Commands sent to MongoDB, by command name, with `DB_COMMAND_METRICS=true`
     /// (counter, `command`): the round trips.
     pub const MONGODB_COMMANDS: &str = "switchboard_mongodb_commands_total";
+    /// Webhook attempts by endpoint and result: `delivered`, `retried`, `dead`
+    /// (counter, `endpoint`, `result`).
+    pub const WEBHOOK_DELIVERIES: &str = "switchboard_webhook_deliveries_total";
+    /// Duration of webhook attempts (histogram, `endpoint`).
+    pub const WEBHOOK_LATENCY: &str = "switchboard_webhook_attempt_seconds";
+    /// An endpoint's circuit breaker on this node: 0 closed, 1 open (half-open, while
+    /// one probe is allowed, included) (gauge, `endpoint`).
+    pub const WEBHOOK_BREAKER: &str = "switchboard_webhook_breaker_state";
+    /// Open (pending + sending) deliveries in the outbox (gauge, `endpoint`).
+    pub const WEBHOOK_OUTBOX_DEPTH: &str = "switchboard_webhook_outbox_depth";
 }
 
 /// Latency buckets (seconds): 100 µs to 10 s.
@@ -181,6 +191,51 @@ fn describe() {
         names::MONGODB_COMMANDS,
         "Commands sent to MongoDB by name (round trips), when DB_COMMAND_METRICS is on."
     );
+    describe_counter!(
+        names::WEBHOOK_DELIVERIES,
+        "Webhook attempts by endpoint and result (delivered, retried, dead)."
+    );
+    ::metrics::describe_histogram!(
+        names::WEBHOOK_LATENCY,
+        "Duration of webhook attempts by endpoint (seconds)."
+    );
+    describe_gauge!(
+        names::WEBHOOK_BREAKER,
+        "Webhook circuit breaker per endpoint on this node: 0 closed, 1 open (or half-open)."
+    );
+    describe_gauge!(
+        names::WEBHOOK_OUTBOX_DEPTH,
+        "Open (pending + sending) webhook deliveries per endpoint."
+    );
+}
+
+/// Endpoints whose outbox depth gauge was set (set to 0 once their outbox empties).
+static WEBHOOK_DEPTH_LABELS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Sets the webhook outbox depth per endpoint: one grouped count over the open
+/// deliveries (a partial index on both stores).
+async fn refresh_webhook_gauges(state: &AppState) {
+    let depths = match state.env.store.webhook_outbox_depths().await {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::warn!(error = %e, "webhook outbox depths unavailable for /metrics");
+            return;
+        }
+    };
+    let Ok(mut labels) = WEBHOOK_DEPTH_LABELS.lock() else {
+        return;
+    };
+    for gone in labels
+        .iter()
+        .filter(|l| !depths.iter().any(|(e, _)| e == *l))
+    {
+        gauge!(names::WEBHOOK_OUTBOX_DEPTH, "endpoint" => gone.clone()).set(0.0);
+    }
+    labels.clear();
+    for (endpoint, n) in depths {
+        gauge!(names::WEBHOOK_OUTBOX_DEPTH, "endpoint" => endpoint.clone()).set(n as f64);
+        labels.push(endpoint);
+    }
 }
 
 /// Sets the dispatcher lane gauges: depth from one grouped COUNT over a partial index,
@@ -229,6 +284,7 @@ fn refresh_gauges(state: &AppState) {
 pub async fn prometheus(state: web::Data<AppState>) -> HttpResponse {
     refresh_gauges(&state);
     refresh_queue_gauges(&state).await;
+    refresh_webhook_gauges(&state).await;
     let body = install().render();
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")

@@ -39,6 +39,7 @@ pub struct Running {
     task: tokio::task::JoinHandle<std::io::Result<()>>,
     shutdown_tx: watch::Sender<bool>,
     root_join: Option<tokio::task::JoinHandle<()>>,
+    webhook_sender: tokio::task::JoinHandle<()>,
 }
 
 /// Errors that stop the server from starting.
@@ -165,7 +166,23 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         let _ = cluster.root.set(tree.root.clone());
     }
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let webhook_settings = config.webhook_settings();
+    let webhook_client = crate::webhooks::signing::client(
+        webhook_settings.connect_timeout,
+        webhook_settings.timeout,
+    )
+    .map_err(|e| StartError::Config(format!("webhook HTTP client: {e}")))?;
+    let webhook_sender = crate::webhooks::dispatcher::spawn(
+        env.clone(),
+        webhook_settings.clone(),
+        webhook_client.clone(),
+        shutdown_rx.clone(),
+    );
     let state = Arc::new(AppState {
+        webhooks: crate::webhooks::WebhookHandle {
+            settings: webhook_settings,
+            client: webhook_client,
+        },
         env,
         root: tree.root,
         ip_limits: crate::ws::guard::IpLimits::new(&config),
@@ -255,6 +272,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         task,
         shutdown_tx,
         root_join: Some(tree.join),
+        webhook_sender,
     })
 }
 
@@ -347,6 +365,9 @@ impl Running {
             m.leave().await;
         }
         env.persistence.flush_all().await;
+        // The sender saw the shutdown flag: its attempts in flight finish and are
+        // written (bounded by the webhook timeout).
+        let _ = tokio::time::timeout(Duration::from_secs(30), self.webhook_sender).await;
         self.server.stop(true).await;
         let _ = self.task.await;
         self.state.root.stop(None);

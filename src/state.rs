@@ -43,4 +43,6 @@ pub struct AppState {
     pub store_faults: Option<Arc<crate::store::hooked::Faults>>,
     /// Uploaded files: their store, limits and processing.
     pub media: Arc<crate::media::Media>,
+    /// The webhook sender's settings and HTTP client (test deliveries).
+    pub webhooks: crate::webhooks::WebhookHandle,
 }

@@ -42,6 +42,8 @@ pub struct Env {
     pub cluster: Option<Arc<Cluster>>,
     /// Media processing and lookups, set by the server before the tree starts.
     pub media: crate::media::MediaSlot,
+    /// Records webhook events in the outbox (`crate::webhooks`).
+    pub webhooks: crate::webhooks::Webhooks,
 }
 
 impl Env {
@@ -65,6 +67,10 @@ impl Env {
             ),
             shared_budgets,
             dispatcher: DispatcherHandle::default(),
+            webhooks: crate::webhooks::Webhooks::new(
+                store.clone(),
+                settings.webhook_endpoint_cache,
+            ),
             store,
             settings,
             stats: Stats::default(),

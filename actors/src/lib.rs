@@ -35,6 +35,7 @@ pub mod stats;
 pub mod store;
 pub mod supervision;
 pub mod tenant;
+pub mod webhooks;
 
 pub use env::Env;
 pub use settings::Settings;

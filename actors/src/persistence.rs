@@ -306,12 +306,52 @@ async fn commit(state: &mut WriterState) {
         commit_us = started.elapsed().as_micros() as u64,
         "batch committed"
     );
+    // Before anyone is answered: an acknowledged message has its webhook events in the
+    // outbox (a crash in between loses neither, see `crate::webhooks`).
+    if written > 0 {
+        record_webhook_events(&state.args.global, &rows, &outcomes).await;
+    }
     for (done, outcome) in completions.into_iter().zip(outcomes) {
         done(outcome);
     }
     for reply in barriers {
         let _ = reply.send(());
     }
+}
+
+/// Records the `message.received` / `message.status` webhook events of the rows just
+/// written, for the tenants with an endpoint taking them (a cached lookup per device).
+async fn record_webhook_events(env: &crate::Env, rows: &[InboxRow], outcomes: &[RowResult]) {
+    use crate::webhooks::EventKind;
+    const KINDS: [EventKind; 2] = [EventKind::MessageReceived, EventKind::MessageStatus];
+    let mut tenant_of: HashMap<Arc<str>, String> = HashMap::new();
+    let mut skipped: HashSet<Arc<str>> = HashSet::new();
+    let mut written = Vec::new();
+    for (row, outcome) in rows.iter().zip(outcomes) {
+        if outcome.is_err() || skipped.contains(&row.device_id) {
+            continue;
+        }
+        if !tenant_of.contains_key(&row.device_id) {
+            let tenant = match env.directory.device(&row.device_id).await {
+                Ok(Some(d)) => d.tenant_id.clone(),
+                _ => {
+                    skipped.insert(row.device_id.clone());
+                    continue;
+                }
+            };
+            if !env.webhooks.wants_any(&tenant, &KINDS).await {
+                skipped.insert(row.device_id.clone());
+                continue;
+            }
+            tenant_of.insert(row.device_id.clone(), tenant);
+        }
+        written.push(row);
+    }
+    if written.is_empty() {
+        return;
+    }
+    let events = env.webhooks.row_events(&written, &tenant_of);
+    env.webhooks.record_or_log(events).await;
 }
 
 /// The pool of writers; a device's rows always go to the same writer.

@@ -53,6 +53,9 @@ pub struct Settings {
     pub job_lease: Duration,
     /// The cluster's timings (used only when the node runs in a cluster).
     pub cluster: ClusterSettings,
+    /// How long a tenant's webhook endpoint list is cached (a change made on another
+    /// node applies after at most this long).
+    pub webhook_endpoint_cache: Duration,
 }
 
 /// Timings of a cluster (`docs/cluster.md`).
@@ -110,6 +113,7 @@ impl Default for Settings {
             node_id: "n_local".into(),
             job_lease: Duration::from_secs(30),
             cluster: ClusterSettings::default(),
+            webhook_endpoint_cache: Duration::from_secs(2),
         }
     }
 }

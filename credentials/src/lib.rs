@@ -1,5 +1,5 @@
 //! Switchboard's credential logic, without I/O: device tokens (JWT, HS256), tenant API
-//! keys and the admin token comparison.
+//! keys, the admin token comparison and webhook signatures (HMAC-SHA256).
 //!
 //! The server's extractors (`src/auth.rs`) turn HTTP requests into calls of these
 //! functions; keeping them in a crate of their own, with no actix and no store, lets
@@ -8,6 +8,7 @@
 
 mod secret;
 mod token;
+mod webhook;
 
 #[doc(hidden)]
 pub mod fuzzing;
@@ -17,3 +18,7 @@ pub use secret::{
     MAX_CREDENTIAL_LEN,
 };
 pub use token::{DeviceClaims, IssueError, TokenError, TokenKeys, MAX_TOKEN_LEN};
+pub use webhook::{
+    new_webhook_secret, verify_webhook_signature, webhook_mac, webhook_signature,
+    WEBHOOK_SECRET_PREFIX,
+};

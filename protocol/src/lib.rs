@@ -12,6 +12,7 @@ pub mod frames;
 pub mod fuzzing;
 pub mod rest;
 pub mod validate;
+pub mod webhooks;
 
 pub use error::ErrorCode;
 pub use frames::{

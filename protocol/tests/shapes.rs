@@ -240,3 +240,37 @@ fn error_table() {
         assert_eq!(code.retryable(), retry);
     }
 }
+
+#[test]
+fn webhook_bodies() {
+    use switchboard_protocol::webhooks::{CreateWebhook, Webhook, WebhookCreated};
+    let created = WebhookCreated {
+        webhook: Webhook {
+            webhook_id: "wh_1".into(),
+            url: "https://example.com/hook".into(),
+            events: vec!["message.received".into()],
+            description: None,
+            enabled: true,
+            created_at: 1,
+            updated_at: 2,
+        },
+        secret: "whsec_x".into(),
+    };
+    // The secret sits beside the endpoint's fields, not nested.
+    assert_eq!(
+        serde_json::to_value(&created).unwrap(),
+        json!({"webhook_id":"wh_1","url":"https://example.com/hook","events":["message.received"],
+               "description":null,"enabled":true,"created_at":1,"updated_at":2,"secret":"whsec_x"})
+    );
+    let req: CreateWebhook =
+        serde_json::from_value(json!({"url":"http://h/x","events":["job.failed"]})).unwrap();
+    assert_eq!(
+        (req.url.as_str(), req.enabled, req.description),
+        ("http://h/x", None, None)
+    );
+    // A secret cannot be chosen by the caller.
+    assert!(serde_json::from_value::<CreateWebhook>(
+        json!({"url":"http://h/x","events":["job.failed"],"secret":"mine"})
+    )
+    .is_err());
+}

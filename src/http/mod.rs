@@ -16,6 +16,7 @@ pub mod openapi;
 pub mod ops;
 pub mod queues;
 pub mod stats;
+pub mod webhooks;
 
 use actix_web::web;
 
@@ -57,6 +58,16 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(queues::pause_lane)
         .service(queues::resume_lane)
         .service(stats::message_stats)
+        .service(webhooks::create_webhook)
+        .service(webhooks::list_webhooks)
+        .service(webhooks::get_webhook)
+        .service(webhooks::update_webhook)
+        .service(webhooks::delete_webhook)
+        .service(webhooks::rotate_secret)
+        .service(webhooks::test_webhook)
+        .service(webhooks::deliveries)
+        .service(webhooks::dead_letters)
+        .service(webhooks::replay)
         .service(ops::health)
         .service(admin_cluster::cluster_view)
         .service(admin_cluster::device_owner)

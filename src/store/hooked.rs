@@ -15,6 +15,7 @@ use actors::store::{
     AcceptedSend, DayStats, DeviceRecord, GroupRecord, InboxRow, JobClaim, MessageCopy, NodeLoad,
     NodeRecord, OwnerRecord, RowResult, StatusEntry, Store, StoreError, StoreResult, TenantRecord,
 };
+use actors::webhooks::{DeliveryOutcome, DeliveryRecord, DeliveryState, EndpointRecord};
 use async_trait::async_trait;
 use dashmap::DashSet;
 use protocol::rest::Contact;
@@ -169,6 +170,18 @@ hooked_impl! {
         claim_owner(device_id: &str, node: &str, seen: Option<u64>, now: i64) -> StoreResult<Option<OwnerRecord>>;
         release_owner(device_id: &str, node: &str, epoch: u64, now: i64) -> StoreResult<bool>;
         fence_inbox(device_id: &str, from: u64, count: u64, epoch: u64) -> StoreResult<()>;
+        create_webhook(endpoint: EndpointRecord) -> StoreResult<()>;
+        get_webhook(id: &str) -> StoreResult<Option<EndpointRecord>>;
+        list_webhooks(tenant_id: &str) -> StoreResult<Vec<EndpointRecord>>;
+        update_webhook(endpoint: EndpointRecord) -> StoreResult<bool>;
+        delete_webhook(id: &str) -> StoreResult<bool>;
+        enqueue_webhook_deliveries(deliveries: Vec<DeliveryRecord>) -> StoreResult<()>;
+        claim_webhook_deliveries(now: i64, limit: usize, skip: &[String], claim: &JobClaim) -> StoreResult<Vec<DeliveryRecord>>;
+        finish_webhook_deliveries(outcomes: Vec<DeliveryOutcome>, now: i64, owner: &str) -> StoreResult<u64>;
+        list_webhook_deliveries(endpoint_id: &str, state: Option<DeliveryState>, before: Option<&str>, limit: usize) -> StoreResult<Vec<DeliveryRecord>>;
+        replay_webhook_dead_letters(endpoint_id: &str, ids: Option<Vec<String>>, now: i64) -> StoreResult<u64>;
+        webhook_outbox_depths() -> StoreResult<Vec<(String, u64)>>;
+        prune_webhook_deliveries(before: i64, limit: usize) -> StoreResult<u64>;
 }
 
 /// Test-only faults (`test_hooks`): a store outage, slow commits, and failing inbox

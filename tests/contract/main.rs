@@ -16,6 +16,7 @@ mod inbox;
 mod jobs;
 mod media;
 mod mongodb_only;
+mod webhooks;
 
 /// Every check, by name.
 mod checks {
@@ -23,6 +24,7 @@ mod checks {
     pub use crate::directory::*;
     pub use crate::inbox::*;
     pub use crate::jobs::*;
+    pub use crate::webhooks::*;
 }
 
 /// Runs each named check once per backend.
@@ -77,6 +79,12 @@ contract!(
     check_nodes,
     check_owner_claims,
     check_concurrent_owner_claims,
+    check_webhook_endpoints,
+    check_webhook_claims_in_order,
+    check_webhook_leases,
+    check_webhook_status_never_regresses,
+    check_webhook_dead_letters_log_and_prune,
+    check_concurrent_webhook_claims,
 );
 
 #[test]

@@ -328,7 +328,7 @@ async fn stats_report_collections_and_queries() {
         .find(|i| i.defined_as == Some("devices_address"))
         .unwrap();
     assert!(by_address.used_by.contains(&"device_by_address"));
-    assert_eq!(stats.collections.len(), 12);
+    assert_eq!(stats.collections.len(), 14);
     assert_eq!(stats.queries.len(), known_queries().len());
     // It serializes for the admin page.
     let json = serde_json::to_value(&stats).unwrap();

@@ -31,5 +31,6 @@ mod shared_budgets;
 mod smoke;
 mod stats;
 mod supervision;
+mod webhooks;
 mod ws;
 mod ws_errors;

@@ -177,6 +177,7 @@ struct Fixture {
     a1_token: String,
     /// A file a1 uploaded.
     media: String,
+    webhook: String,
 }
 
 /// Creates A's resources: two devices, a group of both, a delayed bulk job, a message
@@ -238,8 +239,19 @@ async fn fixture(ta: &Tenant) -> Fixture {
     assert_eq!(uploaded.status(), 202);
     let uploaded: Value = uploaded.json().await.unwrap();
     let media = uploaded["media_id"].as_str().unwrap().to_owned();
+    // Nothing listens on the discard port: test deliveries fail fast, as designed.
+    let (status, hook) = ta
+        .call(
+            "POST",
+            "/v1/webhooks",
+            Some(json!({"url": "http://127.0.0.1:9/a", "events": ["job.failed"]})),
+        )
+        .await;
+    assert_eq!(status, 201, "{hook}");
+    let webhook = hook["webhook_id"].as_str().unwrap().to_owned();
     Fixture {
         media,
+        webhook,
         a1,
         a2,
         group,
@@ -266,6 +278,7 @@ fn fill(template: &str, fx: &Fixture) -> String {
             ("id", "groups") => fx.group.clone(),
             ("id", "jobs") => fx.job.clone(),
             ("id", "media") => fx.media.clone(),
+            ("id", "webhooks") => fx.webhook.clone(),
             ("message_id", "messages") => fx.message.clone(),
             ("client_id", "by-client-id") => fx.client_id.clone(),
             ("address", "members") => fx.a2.address.replace('+', "%2B"),
@@ -312,6 +325,11 @@ fn body_for(route: &Route, fx: &Fixture) -> Option<Value> {
         ("POST", "/v1/notifications") => {
             json!({"body": {"text": "as B"}, "to": [fx.a1.address, fx.a2.address]})
         }
+        ("POST", "/v1/webhooks") => {
+            json!({"url": "http://127.0.0.1:9/b", "events": ["job.failed"]})
+        }
+        ("PATCH", "/v1/webhooks/{id}") => json!({"description": "changed"}),
+        ("POST", "/v1/webhooks/{id}/dead-letters/replay") => json!({}),
         _ if route.has_body => panic!(
             "{}: the document declares a request body; add a valid one to security.rs \
              `body_for`",
@@ -487,6 +505,21 @@ async fn check_own_scope(
                 .await
                 .unwrap();
             assert_eq!(own.status(), 202, "{name}: A's own upload");
+        }
+        ("GET", "/v1/webhooks") => {
+            assert_eq!(a.status, 200, "{name}: {}", a.body);
+            assert!(
+                !a.body.to_string().contains(&fx.webhook),
+                "{name}: B's listing shows A's webhook: {}",
+                a.body
+            );
+        }
+        ("POST", "/v1/webhooks") => {
+            // B's own endpoint; A cannot read it.
+            assert_eq!(a.status, 201, "{name}: {}", a.body);
+            let id = a.body["webhook_id"].as_str().unwrap();
+            let (status, theirs) = ta.call("GET", &format!("/v1/webhooks/{id}"), None).await;
+            assert_eq!(status, 403, "A reads B's webhook: {theirs}");
         }
         _ => panic!(
             "{name}: a /v1 route with no tenant-A path parameter and no expectation; add \

@@ -263,6 +263,11 @@ pub struct DeviceState {
     gauge: Arc<SessionGauge>,
     /// This session's claim on its device, in a cluster.
     tenure: Option<Tenure>,
+    /// Whether `device.connected` was the last webhook event recorded for the device.
+    announced_connected: bool,
+    /// The task recording the last connect / disconnect event: the next one waits for
+    /// it, so they reach the outbox in order.
+    last_announcement: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// A session's claim on its device in a cluster (`docs/cluster.md`).
@@ -328,6 +333,8 @@ impl Actor for DeviceSession {
             pending: HashMap::new(),
             next_key: 0,
             outbox: outbox::Outbox::new(new_epoch(), env.settings.cluster.send_timeout),
+            announced_connected: false,
+            last_announcement: None,
             inbox: inbox::InboxState::default(),
             statuses: receipts::StatusCache::default(),
             idle_since: Instant::now(),
@@ -564,6 +571,7 @@ impl DeviceState {
             connected: !self.conns.is_empty(),
             last_seen: Some(now),
         });
+        self.announce(status.connected, now);
         tokio::spawn(async move {
             env.cache
                 .set(crate::cache::CacheKind::DeviceStatus, &id, status)
@@ -572,6 +580,41 @@ impl DeviceState {
                 tracing::warn!(device_id = %id, error = %e, "could not record last seen");
             }
         });
+    }
+
+    /// Records `device.connected` (first client) or `device.disconnected` (last one
+    /// gone) for webhooks, after the previous such event.
+    fn announce(&mut self, connected: bool, now: i64) {
+        if connected == self.announced_connected {
+            return;
+        }
+        self.announced_connected = connected;
+        let kind = if connected {
+            crate::webhooks::EventKind::DeviceConnected
+        } else {
+            crate::webhooks::EventKind::DeviceDisconnected
+        };
+        // The id is taken now, so the event is ordered where it happened.
+        let event = self.env.webhooks.event(
+            &self.device.tenant_id,
+            &self.device.id,
+            kind,
+            serde_json::json!({
+                "address": &*self.address,
+                "connections": self.conns.len(),
+                "ts": now,
+            }),
+        );
+        let env = self.env.clone();
+        let previous = self.last_announcement.take();
+        self.last_announcement = Some(tokio::spawn(async move {
+            if let Some(p) = previous {
+                let _ = p.await;
+            }
+            if env.webhooks.wants_any(&event.tenant_id, &[kind]).await {
+                env.webhooks.record_or_log(vec![event]).await;
+            }
+        }));
     }
 
     fn remember(&mut self, client_id: String, entry: Recent) {

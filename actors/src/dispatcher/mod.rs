@@ -120,6 +120,9 @@ pub struct DispatcherState {
     last_fresh_lanes: Instant,
     /// Whether the last store call failed (logged once per outage).
     store_down: bool,
+    /// Tenant and device of each claimed job until its outcome is written, for the
+    /// `job.completed` / `job.failed` webhook events (bounded by the jobs in flight).
+    claimed: HashMap<String, (String, String)>,
 }
 
 #[ractor::async_trait]
@@ -168,6 +171,7 @@ impl Actor for Dispatcher {
             last_lanes: Instant::now(),
             last_fresh_lanes: Instant::now() - LANES_FRESH,
             store_down: false,
+            claimed: HashMap::new(),
         })
     }
 
@@ -314,11 +318,53 @@ impl DispatcherState {
                 self.updates = updates;
                 return;
             }
+            self.record_job_events(&updates).await;
             if retried {
                 self.maybe_waiting = true;
             }
         }
         self.poll(myself).await
+    }
+
+    /// Records `job.completed` / `job.failed` webhook events of outcomes just written.
+    async fn record_job_events(&mut self, updates: &[JobUpdate]) {
+        use crate::webhooks::EventKind;
+        let mut events = Vec::new();
+        for update in updates {
+            let (id, kind, data) = match update {
+                JobUpdate::Completed {
+                    id,
+                    message_id,
+                    attempts,
+                } => (
+                    id,
+                    EventKind::JobCompleted,
+                    serde_json::json!({"job_id": id, "message_id": message_id, "attempts": attempts}),
+                ),
+                JobUpdate::Failed {
+                    id,
+                    error,
+                    attempts,
+                } => (
+                    id,
+                    EventKind::JobFailed,
+                    serde_json::json!({"job_id": id, "error": error, "attempts": attempts}),
+                ),
+                JobUpdate::Delayed { id, .. } => {
+                    self.claimed.remove(id);
+                    continue;
+                }
+            };
+            let Some((tenant, device)) = self.claimed.remove(id) else {
+                continue;
+            };
+            if self.env.webhooks.wants_any(&tenant, &[kind]).await {
+                events.push(self.env.webhooks.event(&tenant, &device, kind, data));
+            }
+        }
+        if !events.is_empty() {
+            self.env.webhooks.record_or_log(events).await;
+        }
     }
 
     /// The body of a claimed job: its own, or a shared one (cached).
@@ -407,6 +453,12 @@ impl DispatcherState {
             return;
         };
         self.maybe_waiting = jobs.len() == limit;
+        for job in &jobs {
+            self.claimed.insert(
+                job.id.clone(),
+                (job.tenant_id.clone(), job.device_id.clone()),
+            );
+        }
         for job in jobs {
             // Contact and group syncs are heavy store work: at most
             // QUEUE_CONTACT_CONCURRENCY of them run at once.

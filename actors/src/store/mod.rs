@@ -18,6 +18,7 @@ use protocol::rest::Contact;
 use protocol::Priority;
 
 use crate::jobs::{JobRecord, JobUpdate, QueueCount, SharedBody};
+use crate::webhooks::{DeliveryOutcome, DeliveryRecord, DeliveryState, EndpointRecord};
 
 pub use records::*;
 
@@ -285,6 +286,69 @@ pub trait Store: Send + Sync + 'static {
         count: u64,
         epoch: u64,
     ) -> StoreResult<()>;
+
+    // ---- outbound webhooks (`crate::webhooks`, `docs/webhooks.md`) ----
+
+    /// Creates a webhook endpoint.
+    async fn create_webhook(&self, endpoint: EndpointRecord) -> StoreResult<()>;
+    /// An endpoint by id.
+    async fn get_webhook(&self, id: &str) -> StoreResult<Option<EndpointRecord>>;
+    /// A tenant's endpoints, by id.
+    async fn list_webhooks(&self, tenant_id: &str) -> StoreResult<Vec<EndpointRecord>>;
+    /// Replaces an endpoint's record; false if it does not exist.
+    async fn update_webhook(&self, endpoint: EndpointRecord) -> StoreResult<bool>;
+    /// Deletes an endpoint and every delivery of it; false if it did not exist.
+    async fn delete_webhook(&self, id: &str) -> StoreResult<bool>;
+    /// Stores new deliveries (the outbox), all or none where the backend allows (see
+    /// the MongoDB store).
+    async fn enqueue_webhook_deliveries(&self, deliveries: Vec<DeliveryRecord>) -> StoreResult<()>;
+    /// Claims up to `limit` deliveries for `claim`'s node: `pending` ones due by `now`
+    /// and `sending` ones whose lease ran out before `now` (their node died), soonest
+    /// first, skipping the endpoints in `skip`. A delivery is claimed only when it is
+    /// the earliest (by `order_key`) `pending` or `sending` one of its endpoint and
+    /// device, so each device's events go out in order. A status delivery for which a
+    /// delivery of the same endpoint and `status_key` with a higher `status_rank`
+    /// exists (pending, sending or delivered) is not claimed but `dropped`. Claimed
+    /// deliveries come back `sending`, under the claim.
+    async fn claim_webhook_deliveries(
+        &self,
+        now: i64,
+        limit: usize,
+        skip: &[String],
+        claim: &JobClaim,
+    ) -> StoreResult<Vec<DeliveryRecord>>;
+    /// Applies outcomes of deliveries claimed by `owner` (those no longer `sending`
+    /// under its claim are left alone); answers how many applied.
+    async fn finish_webhook_deliveries(
+        &self,
+        outcomes: Vec<DeliveryOutcome>,
+        now: i64,
+        owner: &str,
+    ) -> StoreResult<u64>;
+    /// A page of an endpoint's deliveries, newest first (by id), with ids below
+    /// `before`, in `state` if given.
+    async fn list_webhook_deliveries(
+        &self,
+        endpoint_id: &str,
+        state: Option<DeliveryState>,
+        before: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<DeliveryRecord>>;
+    /// Dead deliveries of an endpoint (all, or those of `ids`) → `pending`, due now,
+    /// attempts reset; answers how many.
+    async fn replay_webhook_dead_letters(
+        &self,
+        endpoint_id: &str,
+        ids: Option<Vec<String>>,
+        now: i64,
+    ) -> StoreResult<u64>;
+    /// Open (`pending` + `sending`) deliveries per endpoint id, endpoints with none
+    /// left out.
+    async fn webhook_outbox_depths(&self) -> StoreResult<Vec<(String, u64)>>;
+    /// Deletes up to `limit` `delivered` or `dropped` deliveries last changed before
+    /// `before` (dead letters stay until replayed or their endpoint goes); answers how
+    /// many.
+    async fn prune_webhook_deliveries(&self, before: i64, limit: usize) -> StoreResult<u64>;
 }
 
 /// The claim under which a node runs the jobs it takes.

@@ -353,6 +353,61 @@ pub const INDEXES: &[IndexDef] = &[
         ),
         Partial::Equals("state", "active"),
     ),
+    // webhooks and their outbox (`webhooks.rs`)
+    index(
+        coll::WEBHOOKS,
+        "webhooks_tenant",
+        &[("tenant_id", 1)],
+        "a tenant's webhook endpoints (at most 20: sorted by id in memory)",
+    ),
+    partial(
+        index(
+            coll::WEBHOOK_DELIVERIES,
+            "wd_due",
+            &[("next_at", 1)],
+            "pending deliveries that are due",
+        ),
+        Partial::Equals("state", "pending"),
+    ),
+    partial(
+        index(
+            coll::WEBHOOK_DELIVERIES,
+            "wd_leased",
+            &[("lease_until", 1)],
+            "deliveries whose claim's lease ran out (their node died)",
+        ),
+        Partial::Equals("state", "sending"),
+    ),
+    partial(
+        index(
+            coll::WEBHOOK_DELIVERIES,
+            "wd_queue",
+            &[("endpoint_id", 1), ("device_id", 1), ("order_key", 1)],
+            "the head of an endpoint+device queue (order per device); outbox depths",
+        ),
+        Partial::EqualsNumber("open", 1),
+    ),
+    partial(
+        index(
+            coll::WEBHOOK_DELIVERIES,
+            "wd_status",
+            &[("endpoint_id", 1), ("status_key", 1), ("status_rank", 1)],
+            "a newer status of the same message (no status regression)",
+        ),
+        Partial::Exists("status_key"),
+    ),
+    index(
+        coll::WEBHOOK_DELIVERIES,
+        "wd_log",
+        &[("endpoint_id", 1), ("created_at", -1)],
+        "an endpoint's delivery log and dead letters (newest first)",
+    ),
+    index(
+        coll::WEBHOOK_DELIVERIES,
+        "wd_finished",
+        &[("state", 1), ("updated_at", 1)],
+        "pruning finished deliveries",
+    ),
     // job_bodies, job_totals, lanes, nodes and owners are read by `_id` only; messages
     // by `_id`, and by sender for the statistics.
 ];

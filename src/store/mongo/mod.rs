@@ -4,7 +4,8 @@
 //! the mapping of driver errors onto [`StoreError`]; the queries live by concern in
 //! `directory.rs` (tenants, devices, contacts, groups), `inbox.rs` (messages and
 //! inboxes), `fence.rs` (fencing an inbox for a new owner), `jobs.rs` (the queue and
-//! its lanes), `cluster.rs` (node leases and device ownership), `indexes.rs` (every
+//! its lanes), `cluster.rs` (node leases and device ownership), `webhooks.rs` (webhook
+//! endpoints and their outbox), `indexes.rs` (every
 //! index, ensured at start) and `stats.rs` (`/admin/db/stats`). The SQLite store is
 //! the reference behaviour.
 //!
@@ -55,6 +56,7 @@ use actors::store::{
     AcceptedSend, DayStats, DeviceRecord, GroupRecord, InboxRow, JobClaim, MessageCopy, NodeLoad,
     NodeRecord, OwnerRecord, RowResult, StatusEntry, Store, StoreError, StoreResult, TenantRecord,
 };
+use actors::webhooks::{DeliveryOutcome, DeliveryRecord, DeliveryState, EndpointRecord};
 use async_trait::async_trait;
 use futures_util::TryStreamExt;
 use mongodb::bson::{doc, Bson, Document};
@@ -76,6 +78,7 @@ mod jobs;
 mod media;
 mod reports;
 mod stats;
+mod webhooks;
 
 pub use indexes::{IndexDef, Partial, INDEXES};
 pub use media::MongoMedia;
@@ -112,10 +115,26 @@ pub(crate) mod coll {
     /// Secrets every node of a deployment must share (the device-token signing
     /// secret, a generated admin token), by name. Not in the statistics.
     pub const SECRETS: &str = "secrets";
+    /// Webhook endpoints.
+    pub const WEBHOOKS: &str = "webhooks";
+    /// The webhook outbox: one document per event and endpoint.
+    pub const WEBHOOK_DELIVERIES: &str = "webhook_deliveries";
     /// Every collection, for the statistics.
-    pub const ALL: [&str; 12] = [
-        TENANTS, DEVICES, CONTACTS, GROUPS, MESSAGES, INBOX, JOBS, JOB_BODIES, JOB_TOTALS, LANES,
-        NODES, OWNERS,
+    pub const ALL: [&str; 14] = [
+        TENANTS,
+        DEVICES,
+        CONTACTS,
+        GROUPS,
+        MESSAGES,
+        INBOX,
+        JOBS,
+        JOB_BODIES,
+        JOB_TOTALS,
+        LANES,
+        NODES,
+        OWNERS,
+        WEBHOOKS,
+        WEBHOOK_DELIVERIES,
     ];
 }
 
@@ -1028,6 +1047,112 @@ impl Store for MongoStore {
         self.run(
             "fence_inbox",
             fence::fence_inbox(&self.inner, device_id, from, count, epoch),
+        )
+        .await
+    }
+
+    async fn create_webhook(&self, endpoint: EndpointRecord) -> StoreResult<()> {
+        self.run("create_webhook", webhooks::create(&self.inner, &endpoint))
+            .await
+    }
+
+    async fn get_webhook(&self, id: &str) -> StoreResult<Option<EndpointRecord>> {
+        self.run("get_webhook", webhooks::get(&self.inner, id))
+            .await
+    }
+
+    async fn list_webhooks(&self, tenant_id: &str) -> StoreResult<Vec<EndpointRecord>> {
+        self.run("list_webhooks", webhooks::list(&self.inner, tenant_id))
+            .await
+    }
+
+    async fn update_webhook(&self, endpoint: EndpointRecord) -> StoreResult<bool> {
+        self.run("update_webhook", webhooks::update(&self.inner, &endpoint))
+            .await
+    }
+
+    async fn delete_webhook(&self, id: &str) -> StoreResult<bool> {
+        self.run("delete_webhook", webhooks::delete(&self.inner, id))
+            .await
+    }
+
+    async fn enqueue_webhook_deliveries(&self, deliveries: Vec<DeliveryRecord>) -> StoreResult<()> {
+        if deliveries.is_empty() {
+            return Ok(());
+        }
+        self.run(
+            "enqueue_webhook_deliveries",
+            webhooks::enqueue(&self.inner, &deliveries),
+        )
+        .await
+    }
+
+    async fn claim_webhook_deliveries(
+        &self,
+        now: i64,
+        limit: usize,
+        skip: &[String],
+        claim: &JobClaim,
+    ) -> StoreResult<Vec<DeliveryRecord>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        self.run(
+            "claim_webhook_deliveries",
+            webhooks::claim(&self.inner, now, limit, skip, claim),
+        )
+        .await
+    }
+
+    async fn finish_webhook_deliveries(
+        &self,
+        outcomes: Vec<DeliveryOutcome>,
+        now: i64,
+        owner: &str,
+    ) -> StoreResult<u64> {
+        self.run(
+            "finish_webhook_deliveries",
+            webhooks::finish(&self.inner, &outcomes, now, owner),
+        )
+        .await
+    }
+
+    async fn list_webhook_deliveries(
+        &self,
+        endpoint_id: &str,
+        state: Option<DeliveryState>,
+        before: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<DeliveryRecord>> {
+        self.run(
+            "list_webhook_deliveries",
+            webhooks::log(&self.inner, endpoint_id, state, before, limit),
+        )
+        .await
+    }
+
+    async fn replay_webhook_dead_letters(
+        &self,
+        endpoint_id: &str,
+        ids: Option<Vec<String>>,
+        now: i64,
+    ) -> StoreResult<u64> {
+        self.run(
+            "replay_webhook_dead_letters",
+            webhooks::replay(&self.inner, endpoint_id, ids, now),
+        )
+        .await
+    }
+
+    async fn webhook_outbox_depths(&self) -> StoreResult<Vec<(String, u64)>> {
+        self.run("webhook_outbox_depths", webhooks::depths(&self.inner))
+            .await
+    }
+
+    async fn prune_webhook_deliveries(&self, before: i64, limit: usize) -> StoreResult<u64> {
+        self.run(
+            "prune_webhook_deliveries",
+            webhooks::prune(&self.inner, before, limit),
         )
         .await
     }

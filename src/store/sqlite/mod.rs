@@ -3,7 +3,8 @@
 //! It owns every durable table of the server; the queries live by concern in
 //! `directory.rs` (tenants, devices, contacts, groups), `inbox.rs` (messages, inboxes
 //! and their fences), `jobs.rs` (the queue and its lanes), `cluster.rs` (node leases and
-//! device ownership) and `schema.rs` (tables and migrations); `stats.rs` serves
+//! device ownership), `webhooks.rs` (webhook endpoints and their outbox) and
+//! `schema.rs` (tables and migrations); `stats.rs` serves
 //! `/admin/db/stats`.
 //!
 //! Design:
@@ -33,6 +34,7 @@ use actors::store::{
     AcceptedSend, DayStats, DeviceRecord, GroupRecord, InboxRow, JobClaim, MessageCopy, NodeLoad,
     NodeRecord, OwnerRecord, RowResult, StatusEntry, Store, StoreError, StoreResult, TenantRecord,
 };
+use actors::webhooks::{DeliveryOutcome, DeliveryRecord, DeliveryState, EndpointRecord};
 use async_trait::async_trait;
 use protocol::rest::Contact;
 use protocol::Priority;
@@ -47,6 +49,7 @@ mod reports;
 mod schema;
 mod stats;
 pub use media::SqliteMedia;
+mod webhooks;
 pub use stats::{known_queries, DbFile, IndexStat, QueryPlan, SqliteStats, TableDetail};
 
 /// How many reader connections the pool holds.
@@ -631,6 +634,97 @@ impl Store for SqliteStore {
         let device_id = device_id.to_owned();
         self.write(move |c| inbox::fence_inbox(c, &device_id, from, count, epoch))
             .await
+    }
+
+    async fn create_webhook(&self, endpoint: EndpointRecord) -> StoreResult<()> {
+        self.write(move |c| webhooks::create(c, &endpoint)).await
+    }
+
+    async fn get_webhook(&self, id: &str) -> StoreResult<Option<EndpointRecord>> {
+        let id = id.to_owned();
+        self.read(move |c| webhooks::get(c, &id)).await
+    }
+
+    async fn list_webhooks(&self, tenant_id: &str) -> StoreResult<Vec<EndpointRecord>> {
+        let tenant_id = tenant_id.to_owned();
+        self.read(move |c| webhooks::list(c, &tenant_id)).await
+    }
+
+    async fn update_webhook(&self, endpoint: EndpointRecord) -> StoreResult<bool> {
+        self.write(move |c| webhooks::update(c, &endpoint)).await
+    }
+
+    async fn delete_webhook(&self, id: &str) -> StoreResult<bool> {
+        let id = id.to_owned();
+        self.write(move |c| webhooks::delete(c, &id)).await
+    }
+
+    async fn enqueue_webhook_deliveries(&self, deliveries: Vec<DeliveryRecord>) -> StoreResult<()> {
+        if deliveries.is_empty() {
+            return Ok(());
+        }
+        self.write(move |c| webhooks::enqueue(c, &deliveries)).await
+    }
+
+    async fn claim_webhook_deliveries(
+        &self,
+        now: i64,
+        limit: usize,
+        skip: &[String],
+        claim: &JobClaim,
+    ) -> StoreResult<Vec<DeliveryRecord>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let (skip, claim) = (skip.to_vec(), claim.clone());
+        self.write(move |c| webhooks::claim(c, now, limit, &skip, &claim))
+            .await
+    }
+
+    async fn finish_webhook_deliveries(
+        &self,
+        outcomes: Vec<DeliveryOutcome>,
+        now: i64,
+        owner: &str,
+    ) -> StoreResult<u64> {
+        if outcomes.is_empty() {
+            return Ok(0);
+        }
+        let owner = owner.to_owned();
+        self.write(move |c| webhooks::finish(c, &outcomes, now, &owner))
+            .await
+    }
+
+    async fn list_webhook_deliveries(
+        &self,
+        endpoint_id: &str,
+        state: Option<DeliveryState>,
+        before: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<DeliveryRecord>> {
+        let endpoint_id = endpoint_id.to_owned();
+        let before = before.map(str::to_owned);
+        self.read(move |c| webhooks::log(c, &endpoint_id, state, before.as_deref(), limit))
+            .await
+    }
+
+    async fn replay_webhook_dead_letters(
+        &self,
+        endpoint_id: &str,
+        ids: Option<Vec<String>>,
+        now: i64,
+    ) -> StoreResult<u64> {
+        let endpoint_id = endpoint_id.to_owned();
+        self.write(move |c| webhooks::replay(c, &endpoint_id, ids.as_deref(), now))
+            .await
+    }
+
+    async fn webhook_outbox_depths(&self) -> StoreResult<Vec<(String, u64)>> {
+        self.read(webhooks::depths).await
+    }
+
+    async fn prune_webhook_deliveries(&self, before: i64, limit: usize) -> StoreResult<u64> {
+        self.write(move |c| webhooks::prune(c, before, limit)).await
     }
 }
 

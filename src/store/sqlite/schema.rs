@@ -11,6 +11,8 @@
 //!   (`nodes`), device ownership (`owners`) and lane pauses (`lanes`) are tables.
 //! - The `media` table (uploaded files' metadata, `media.rs`) came later, without a
 //!   version: a new table needs no migration, [`SCHEMA`] creates it where missing.
+//! - v3 also holds outbound webhooks (`webhooks`, `webhook_deliveries`): new tables
+//!   only, created on open like every table, so no version bump.
 
 use rusqlite::{Connection, ErrorCode};
 
@@ -162,6 +164,48 @@ CREATE TABLE IF NOT EXISTS media (
     created_at INTEGER NOT NULL,
     updated_at INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS webhooks (
+    id TEXT PRIMARY KEY,
+    tenant_id TEXT NOT NULL,
+    url TEXT NOT NULL,
+    events TEXT NOT NULL,
+    secret TEXT NOT NULL,
+    description TEXT,
+    enabled INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS webhooks_tenant ON webhooks (tenant_id, id);
+CREATE TABLE IF NOT EXISTS webhook_deliveries (
+    id TEXT PRIMARY KEY,
+    endpoint_id TEXT NOT NULL,
+    tenant_id TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    event TEXT NOT NULL,
+    order_key TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    status_key TEXT,
+    status_rank INTEGER NOT NULL DEFAULT 0,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_at INTEGER NOT NULL,
+    owner TEXT,
+    lease_until INTEGER,
+    last_error TEXT,
+    last_code INTEGER,
+    last_latency_ms INTEGER,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS webhook_due ON webhook_deliveries (next_at) WHERE state = 'pending';
+CREATE INDEX IF NOT EXISTS webhook_leased ON webhook_deliveries (lease_until) WHERE state = 'sending';
+CREATE INDEX IF NOT EXISTS webhook_queue ON webhook_deliveries (endpoint_id, device_id, order_key, id)
+    WHERE state IN ('pending', 'sending');
+CREATE INDEX IF NOT EXISTS webhook_status ON webhook_deliveries (endpoint_id, status_key, status_rank)
+    WHERE status_key IS NOT NULL;
+CREATE INDEX IF NOT EXISTS webhook_log ON webhook_deliveries (endpoint_id, id);
+CREATE INDEX IF NOT EXISTS webhook_finished ON webhook_deliveries (updated_at)
+    WHERE state IN ('delivered', 'dropped');
 ";
 
 /// An inbox holds a message at most once (a redelivered row finds it already there).

@@ -21,7 +21,7 @@ use super::{unavailable, SqliteStore};
 /// executes. (Inserts and upserts are not listed: they maintain every index of their
 /// table.)
 pub fn known_queries() -> Vec<(&'static str, String)> {
-    use super::{cluster as c, directory as d, inbox as i, jobs as j, reports as r};
+    use super::{cluster as c, directory as d, inbox as i, jobs as j, reports as r, webhooks as w};
     [
         ("tenant_by_key_hash", d::TENANT_BY_KEY),
         ("list_tenants", d::LIST_TENANTS),
@@ -65,6 +65,14 @@ pub fn known_queries() -> Vec<(&'static str, String)> {
         ("queue_counts", j::TOTALS),
         ("prune_jobs", j::PRUNABLE),
         ("prune_jobs", j::BODY_IN_USE),
+        ("list_webhooks", w::LIST_WEBHOOKS),
+        ("claim_webhook_deliveries", w::DUE),
+        ("claim_webhook_deliveries", w::LAPSED),
+        ("claim_webhook_deliveries", w::HEAD),
+        ("claim_webhook_deliveries", w::HIGHER_STATUS),
+        ("list_webhook_deliveries", w::LOG),
+        ("webhook_outbox_depths", w::DEPTHS),
+        ("prune_webhook_deliveries", w::PRUNE),
         ("message_stats", r::TENANT_DEVICES),
         ("message_stats", r::SENT_PER_DAY),
         ("message_stats", r::STATUSES_PER_DAY),
