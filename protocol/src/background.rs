@@ -6,10 +6,9 @@
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::bulk::BulkError;
+use crate::bulk::{bad, too_large, BulkError};
 use crate::frames::Priority;
 use crate::validate::{check_body, is_e164, quoted};
-use crate::ErrorCode;
 
 /// Most groups one group-sync call may carry.
 pub const MAX_GROUPS_PER_SYNC: usize = 10_000;
@@ -95,20 +94,6 @@ pub struct JobAccepted {
     pub job_id: String,
     /// Items the job will process (groups, or recipients).
     pub total: u64,
-}
-
-fn bad(message: impl Into<String>) -> BulkError {
-    BulkError {
-        code: ErrorCode::BadRequest,
-        message: message.into(),
-    }
-}
-
-fn too_large(message: impl Into<String>) -> BulkError {
-    BulkError {
-        code: ErrorCode::TooLarge,
-        message: message.into(),
-    }
 }
 
 /// The lane a call asks for (`normal` when absent).
@@ -214,6 +199,7 @@ pub fn check_notification(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::ErrorCode;
 
     fn group(key: Option<&str>, id: Option<&str>, members: &[&str]) -> GroupUpsert {
         GroupUpsert {

@@ -68,14 +68,16 @@ pub struct BulkError {
     pub message: String,
 }
 
-fn bad(message: impl Into<String>) -> BulkError {
+/// A `bad_request` refusal.
+pub(crate) fn bad(message: impl Into<String>) -> BulkError {
     BulkError {
         code: ErrorCode::BadRequest,
         message: message.into(),
     }
 }
 
-fn too_large(message: impl Into<String>) -> BulkError {
+/// A `too_large` refusal.
+pub(crate) fn too_large(message: impl Into<String>) -> BulkError {
     BulkError {
         code: ErrorCode::TooLarge,
         message: message.into(),

@@ -14,34 +14,9 @@ async fn notify(tenant: &Tenant, body: Value) -> (u16, Value) {
     tenant.call("POST", "/v1/notifications", Some(body)).await
 }
 
-/// The messages in a device's inbox (REST history, every page).
-async fn inbox(tenant: &Tenant, device: &Device) -> Vec<Value> {
-    let mut items = Vec::new();
-    let mut after = 0u64;
-    loop {
-        let (s, page) = tenant
-            .call(
-                "GET",
-                &format!(
-                    "/v1/devices/{}/messages?after_seq={after}&limit=1000",
-                    device.id
-                ),
-                None,
-            )
-            .await;
-        assert_eq!(s, 200, "{page}");
-        let got = page["items"].as_array().unwrap().clone();
-        if got.is_empty() {
-            return items;
-        }
-        after = page["next_after_seq"].as_u64().unwrap();
-        items.extend(got);
-    }
-}
-
 /// The notifications (messages from `system`) in a device's inbox.
 async fn notifications(tenant: &Tenant, device: &Device) -> Vec<Value> {
-    inbox(tenant, device)
+    crate::bulk::inbox(tenant, device)
         .await
         .into_iter()
         .filter(|m| m["from"] == "system")
