@@ -165,6 +165,10 @@ pub const NO_GROUP: &str = "`not_found`: no group with this id";
 pub const OTHER_TENANTS_JOB: &str = "`forbidden`: the job belongs to another tenant";
 /// 404 of routes on a job.
 pub const NO_JOB: &str = "`not_found`: no job with this id";
+/// 403 of the webhook routes.
+pub const OTHER_TENANTS_WEBHOOK: &str = "`forbidden`: the endpoint belongs to another tenant";
+/// 404 of the webhook routes.
+pub const NO_WEBHOOK: &str = "`not_found`: no webhook endpoint with this id";
 /// 503 of routes that read or write the store.
 pub const UNAVAILABLE: &str =
     "`unavailable`: the store is failing (or the server restarting); retry later";

@@ -207,7 +207,7 @@ pub async fn create_webhook(
 /// `GET /v1/webhooks`: the tenant's endpoints (without secrets).
 #[utoipa::path(get, path = "/v1/webhooks", tag = "webhooks",
     security(("tenant_key" = [])),
-    responses((status = 200, body = WebhookList, description = "the endpoint"),
+    responses((status = 200, body = WebhookList, description = "the tenant's endpoints (no secrets)"),
               (status = 401, body = protocol::error::ErrorBody, description = doc::NO_KEY),
               (status = 500, body = protocol::error::ErrorBody, description = doc::INTERNAL),
               (status = 503, body = protocol::error::ErrorBody, description = doc::UNAVAILABLE)))]
@@ -228,8 +228,8 @@ pub async fn list_webhooks(
     params(("id" = String, Path, description = "webhook id")),
     responses((status = 200, body = Webhook, description = "the endpoint"),
               (status = 401, body = protocol::error::ErrorBody, description = doc::NO_KEY),
-              (status = 403, body = protocol::error::ErrorBody, description = "`forbidden`: the endpoint belongs to another tenant"),
-              (status = 404, body = protocol::error::ErrorBody, description = "`not_found`: no webhook endpoint with this id"),
+              (status = 403, body = protocol::error::ErrorBody, description = doc::OTHER_TENANTS_WEBHOOK),
+              (status = 404, body = protocol::error::ErrorBody, description = doc::NO_WEBHOOK),
               (status = 500, body = protocol::error::ErrorBody, description = doc::INTERNAL),
               (status = 503, body = protocol::error::ErrorBody, description = doc::UNAVAILABLE)))]
 #[get("/v1/webhooks/{id}")]
@@ -250,8 +250,8 @@ pub async fn get_webhook(
     responses((status = 200, body = Webhook, description = "the endpoint"),
               (status = 400, body = protocol::error::ErrorBody, description = doc::BAD_JSON),
               (status = 401, body = protocol::error::ErrorBody, description = doc::NO_KEY),
-              (status = 403, body = protocol::error::ErrorBody, description = "`forbidden`: the endpoint belongs to another tenant"),
-              (status = 404, body = protocol::error::ErrorBody, description = "`not_found`: no webhook endpoint with this id"),
+              (status = 403, body = protocol::error::ErrorBody, description = doc::OTHER_TENANTS_WEBHOOK),
+              (status = 404, body = protocol::error::ErrorBody, description = doc::NO_WEBHOOK),
               (status = 413, body = protocol::error::ErrorBody, description = doc::TOO_LARGE),
               (status = 415, body = protocol::error::ErrorBody, description = doc::NOT_JSON),
               (status = 500, body = protocol::error::ErrorBody, description = doc::INTERNAL),
@@ -295,8 +295,8 @@ pub async fn update_webhook(
     params(("id" = String, Path, description = "webhook id")),
     responses((status = 204, description = "deleted"),
               (status = 401, body = protocol::error::ErrorBody, description = doc::NO_KEY),
-              (status = 403, body = protocol::error::ErrorBody, description = "`forbidden`: the endpoint belongs to another tenant"),
-              (status = 404, body = protocol::error::ErrorBody, description = "`not_found`: no webhook endpoint with this id"),
+              (status = 403, body = protocol::error::ErrorBody, description = doc::OTHER_TENANTS_WEBHOOK),
+              (status = 404, body = protocol::error::ErrorBody, description = doc::NO_WEBHOOK),
               (status = 500, body = protocol::error::ErrorBody, description = doc::INTERNAL),
               (status = 503, body = protocol::error::ErrorBody, description = doc::UNAVAILABLE)))]
 #[delete("/v1/webhooks/{id}")]
@@ -317,10 +317,10 @@ pub async fn delete_webhook(
 #[utoipa::path(post, path = "/v1/webhooks/{id}/rotate-secret", tag = "webhooks",
     security(("tenant_key" = [])),
     params(("id" = String, Path, description = "webhook id")),
-    responses((status = 200, body = WebhookCreated, description = "the endpoint"),
+    responses((status = 200, body = WebhookCreated, description = "the endpoint with its new signing secret (shown only here)"),
               (status = 401, body = protocol::error::ErrorBody, description = doc::NO_KEY),
-              (status = 403, body = protocol::error::ErrorBody, description = "`forbidden`: the endpoint belongs to another tenant"),
-              (status = 404, body = protocol::error::ErrorBody, description = "`not_found`: no webhook endpoint with this id"),
+              (status = 403, body = protocol::error::ErrorBody, description = doc::OTHER_TENANTS_WEBHOOK),
+              (status = 404, body = protocol::error::ErrorBody, description = doc::NO_WEBHOOK),
               (status = 500, body = protocol::error::ErrorBody, description = doc::INTERNAL),
               (status = 503, body = protocol::error::ErrorBody, description = doc::UNAVAILABLE)))]
 #[post("/v1/webhooks/{id}/rotate-secret")]
@@ -349,8 +349,8 @@ pub async fn rotate_secret(
     params(("id" = String, Path, description = "webhook id")),
     responses((status = 200, body = WebhookTestResult, description = "the attempt was made (see `delivered`)"),
               (status = 401, body = protocol::error::ErrorBody, description = doc::NO_KEY),
-              (status = 403, body = protocol::error::ErrorBody, description = "`forbidden`: the endpoint belongs to another tenant"),
-              (status = 404, body = protocol::error::ErrorBody, description = "`not_found`: no webhook endpoint with this id"),
+              (status = 403, body = protocol::error::ErrorBody, description = doc::OTHER_TENANTS_WEBHOOK),
+              (status = 404, body = protocol::error::ErrorBody, description = doc::NO_WEBHOOK),
               (status = 500, body = protocol::error::ErrorBody, description = doc::INTERNAL),
               (status = 503, body = protocol::error::ErrorBody, description = doc::UNAVAILABLE)))]
 #[post("/v1/webhooks/{id}/test")]
@@ -445,11 +445,11 @@ async fn page(
 #[utoipa::path(get, path = "/v1/webhooks/{id}/deliveries", tag = "webhooks",
     security(("tenant_key" = [])),
     params(("id" = String, Path, description = "webhook id"), LogQuery),
-    responses((status = 200, body = WebhookDeliveryPage, description = "the endpoint"),
-              (status = 400, body = protocol::error::ErrorBody, description = doc::BAD_JSON),
+    responses((status = 200, body = WebhookDeliveryPage, description = "a page of deliveries, newest first"),
+              (status = 400, body = protocol::error::ErrorBody, description = doc::BAD_QUERY),
               (status = 401, body = protocol::error::ErrorBody, description = doc::NO_KEY),
-              (status = 403, body = protocol::error::ErrorBody, description = "`forbidden`: the endpoint belongs to another tenant"),
-              (status = 404, body = protocol::error::ErrorBody, description = "`not_found`: no webhook endpoint with this id"),
+              (status = 403, body = protocol::error::ErrorBody, description = doc::OTHER_TENANTS_WEBHOOK),
+              (status = 404, body = protocol::error::ErrorBody, description = doc::NO_WEBHOOK),
               (status = 500, body = protocol::error::ErrorBody, description = doc::INTERNAL),
               (status = 503, body = protocol::error::ErrorBody, description = doc::UNAVAILABLE)))]
 #[get("/v1/webhooks/{id}/deliveries")]
@@ -487,11 +487,11 @@ pub struct DeadQuery {
 #[utoipa::path(get, path = "/v1/webhooks/{id}/dead-letters", tag = "webhooks",
     security(("tenant_key" = [])),
     params(("id" = String, Path, description = "webhook id"), DeadQuery),
-    responses((status = 200, body = WebhookDeliveryPage, description = "the endpoint"),
-              (status = 400, body = protocol::error::ErrorBody, description = doc::BAD_JSON),
+    responses((status = 200, body = WebhookDeliveryPage, description = "a page of deliveries, newest first"),
+              (status = 400, body = protocol::error::ErrorBody, description = doc::BAD_QUERY),
               (status = 401, body = protocol::error::ErrorBody, description = doc::NO_KEY),
-              (status = 403, body = protocol::error::ErrorBody, description = "`forbidden`: the endpoint belongs to another tenant"),
-              (status = 404, body = protocol::error::ErrorBody, description = "`not_found`: no webhook endpoint with this id"),
+              (status = 403, body = protocol::error::ErrorBody, description = doc::OTHER_TENANTS_WEBHOOK),
+              (status = 404, body = protocol::error::ErrorBody, description = doc::NO_WEBHOOK),
               (status = 500, body = protocol::error::ErrorBody, description = doc::INTERNAL),
               (status = 503, body = protocol::error::ErrorBody, description = doc::UNAVAILABLE)))]
 #[get("/v1/webhooks/{id}/dead-letters")]
@@ -519,11 +519,11 @@ pub async fn dead_letters(
     security(("tenant_key" = [])),
     params(("id" = String, Path, description = "webhook id")),
     request_body(content = ReplayDeadLetters, description = "at most `max_request_bytes` (64 KiB by default)"),
-    responses((status = 200, body = Replayed, description = "the endpoint"),
+    responses((status = 200, body = Replayed, description = "how many dead letters went back to the outbox"),
               (status = 400, body = protocol::error::ErrorBody, description = doc::BAD_JSON),
               (status = 401, body = protocol::error::ErrorBody, description = doc::NO_KEY),
-              (status = 403, body = protocol::error::ErrorBody, description = "`forbidden`: the endpoint belongs to another tenant"),
-              (status = 404, body = protocol::error::ErrorBody, description = "`not_found`: no webhook endpoint with this id"),
+              (status = 403, body = protocol::error::ErrorBody, description = doc::OTHER_TENANTS_WEBHOOK),
+              (status = 404, body = protocol::error::ErrorBody, description = doc::NO_WEBHOOK),
               (status = 413, body = protocol::error::ErrorBody, description = "more than 1,000 ids"),
               (status = 415, body = protocol::error::ErrorBody, description = doc::NOT_JSON),
               (status = 500, body = protocol::error::ErrorBody, description = doc::INTERNAL),

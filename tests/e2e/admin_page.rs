@@ -16,12 +16,14 @@ use crate::common::{Tenant, TestServer};
 
 const BROWSER_WAIT: Duration = Duration::from_secs(90);
 
-fn repo() -> PathBuf {
+/// The repository root.
+pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Fails with a clear message when node, chromium or playwright-core is missing.
-fn check_tools() {
+/// Fails with a clear message when node, chromium or playwright-core is missing
+/// (the browser tests: this one and `js_client`).
+pub fn check_tools() {
     let node = std::process::Command::new("node").arg("--version").output();
     assert!(
         node.is_ok_and(|o| o.status.success()),

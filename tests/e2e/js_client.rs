@@ -10,7 +10,7 @@
 //! `./scripts/test` installs chromium and playwright-core; when either is missing this
 //! test fails and says so.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -18,37 +18,12 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 
+use crate::admin_page::{check_tools, repo};
 use crate::common::{call, free_port, ChildServer, Device, Tenant};
 
 const ADMIN: &str = "js-client-test-admin-token";
 /// The whole browser scenario, restarts included.
 const SCENARIO_WAIT: Duration = Duration::from_secs(100);
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Fails with a clear message when node, chromium or playwright-core is missing.
-fn check_tools() {
-    let node = std::process::Command::new("node").arg("--version").output();
-    assert!(
-        node.is_ok_and(|o| o.status.success()),
-        "the browser test needs Node.js (`node`): install it, or run ./scripts/test"
-    );
-    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    assert!(
-        Path::new(&chromium).exists(),
-        "the browser test needs Debian's chromium at {chromium}: \
-         run ./scripts/test (it runs `apt-get install -y chromium`)"
-    );
-    assert!(
-        repo()
-            .join("tests/browser/node_modules/playwright-core")
-            .exists(),
-        "the browser test needs playwright-core in tests/browser/node_modules: \
-         run ./scripts/test (it runs `npm ci` there with PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1)"
-    );
-}
 
 /// The binary on `dir`, always on `port` (the pages reconnect to the same address).
 async fn spawn_server(dir: &Path, port: u16) -> ChildServer {
