@@ -179,6 +179,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         shutdown_rx.clone(),
     );
     let state = Arc::new(AppState {
+        runtime: tokio::runtime::Handle::current(),
         webhooks: crate::webhooks::WebhookHandle {
             settings: webhook_settings,
             client: webhook_client,

@@ -45,4 +45,7 @@ pub struct AppState {
     pub media: Arc<crate::media::Media>,
     /// The webhook sender's settings and HTTP client (test deliveries).
     pub webhooks: crate::webhooks::WebhookHandle,
+    /// The runtime the actor tree runs on. WebSocket sessions are moved onto it after
+    /// the handshake, so a frame reaches its device actor without waking another thread.
+    pub runtime: tokio::runtime::Handle,
 }

@@ -87,9 +87,12 @@ async fn serve(state: Arc<AppState>, req: Request, conn: HttpConn) -> io::Result
         Box::pin(conn.send((accept, BodySize::None).into())).await?;
         tracing::debug!(status = 101, "request");
         let FramedParts { io, read_buf, .. } = conn.into_parts();
+        // Off this HTTP worker's reactor: the session runs on the actors' runtime,
+        // where its frames and its device actor's replies wake no other thread.
+        let io = io.into_std()?;
         let max = state.config.max_frame_bytes;
-        let socket = Socket::new(io, &read_buf, max, max);
-        drop(read_buf);
+        let read_ahead = read_buf.freeze();
+        let runtime = state.runtime.clone();
         let connection =
             Connection::new(state, admitted.device, admitted.token_exp_s, admitted.slot);
         let span = tracing::info_span!(
@@ -100,7 +103,21 @@ async fn serve(state: Arc<AppState>, req: Request, conn: HttpConn) -> io::Result
         );
         // A task of its own, so the HTTP dispatcher's task and this handshake's state
         // end here; the connection keeps only its serving loop.
-        actix_web::rt::spawn(connection.run(socket).instrument(span));
+        runtime.spawn(
+            async move {
+                let io = match TcpStream::from_std(io) {
+                    Ok(io) => io,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not register the WebSocket's socket");
+                        return;
+                    }
+                };
+                let socket = Socket::new(io, &read_ahead, max, max);
+                drop(read_ahead);
+                connection.run(socket).await
+            }
+            .instrument(span),
+        );
         Ok(())
     }
     .instrument(span)

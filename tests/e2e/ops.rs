@@ -783,11 +783,14 @@ async fn db_stats_show_tables_indexes_and_their_queries() {
     }
     // Sessions read their last seq at start; history read the page.
     assert!(n(&by_seq["uses"]) >= 3, "{by_seq}");
-    let by_message = index(inbox, "inbox_message");
-    let users = strings(&by_message["used_by"]);
-    for op in ["inbox_messages", "message_copies", "statuses"] {
+    let copies = index(inbox, "inbox_copy");
+    assert_eq!(copies["unique"], true, "{copies}");
+    let users = strings(&copies["used_by"]);
+    for op in ["inbox_messages", "message_copies", "delete_device"] {
         assert!(users.contains(&op), "{op} not in {users:?}");
     }
+    let statuses = index(inbox, "inbox_status");
+    assert_eq!(strings(&statuses["used_by"]), ["statuses"]);
     let sent = index(inbox, "inbox_sent");
     assert_eq!(strings(&sent["used_by"]), ["recent_client_ids"]);
 

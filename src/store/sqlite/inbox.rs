@@ -4,10 +4,12 @@
 //! clustered by `(device_id, seq)`, `WITHOUT ROWID`) is a small key row: kind (0 a
 //! message, 1 delivered, 2 read, -1 a fence), message id, the reporting address for
 //! statuses, time, the sender's request id on its own copy, and the fencing epoch of
-//! the session that wrote it. `inbox_message` finds every copy and status of a
-//! message; `inbox_message_once` (unique, message rows) keeps an inbox from holding a
-//! message twice; the two partial indexes on `client_id` cover only the sender's own
-//! rows that carry a request id (idempotency lookups).
+//! the session that wrote it. `inbox_copy (message_id, device_id)` over message rows
+//! finds every copy of a message and, being unique, keeps an inbox from holding a
+//! message twice; `inbox_status` is the same key over status rows. Both lead with
+//! the message id (a ULID, so new rows append to one page); the two partial indexes
+//! on `client_id` cover only the sender's own rows that carry a request id
+//! (idempotency lookups).
 //!
 //! A fence row (`docs/cluster.md`, "Fencing the inbox") holds a slot for a new owner:
 //! kind -1, an empty message id, the owner's epoch. No read returns one: every query
@@ -61,14 +63,14 @@ pub const READ_INBOX: &str = "SELECT inbox.seq, inbox.kind, inbox.message_id, in
 pub const INBOX_MESSAGE: &str = "SELECT inbox.seq, inbox.kind, inbox.message_id, inbox.by_addr, \
      inbox.ts, inbox.client_id, messages.sender_device, messages.sender, messages.recipient, \
      messages.group_id, messages.body, messages.ts, inbox.epoch \
-     FROM inbox INDEXED BY inbox_message JOIN messages ON messages.id = inbox.message_id \
+     FROM inbox INDEXED BY inbox_copy JOIN messages ON messages.id = inbox.message_id \
      WHERE inbox.message_id = ?2 AND inbox.device_id = ?1 AND inbox.kind = 0 LIMIT 1";
 /// Every inbox holding a message, with its owner's address.
 pub const MESSAGE_COPIES: &str = "SELECT inbox.device_id, devices.address, inbox.seq \
-     FROM inbox INDEXED BY inbox_message LEFT JOIN devices ON devices.id = inbox.device_id \
+     FROM inbox INDEXED BY inbox_copy LEFT JOIN devices ON devices.id = inbox.device_id \
      WHERE inbox.message_id = ?1 AND inbox.kind = 0 ORDER BY inbox.device_id";
 /// The status rows of an inbox about one message.
-pub const STATUSES: &str = "SELECT by_addr, kind, ts, seq FROM inbox INDEXED BY inbox_message \
+pub const STATUSES: &str = "SELECT by_addr, kind, ts, seq FROM inbox INDEXED BY inbox_status \
      WHERE message_id = ?2 AND device_id = ?1 AND kind > 0 ORDER BY seq";
 /// A device's latest sends with a request id.
 pub const RECENT_CLIENT_IDS: &str = "SELECT client_id, message_id, seq, ts FROM inbox \
@@ -81,8 +83,8 @@ pub const SENDS_BY_CLIENT_ID: &str = "SELECT client_id, message_id, seq, ts FROM
 /// Deleting a device: messages only its inbox held.
 pub const DELETE_ORPHAN_MESSAGES: &str = "DELETE FROM messages WHERE id IN \
      (SELECT message_id FROM inbox WHERE device_id = ?1 AND kind = 0) \
-     AND NOT EXISTS (SELECT 1 FROM inbox o INDEXED BY inbox_message \
-     WHERE o.message_id = messages.id AND o.device_id <> ?1)";
+     AND NOT EXISTS (SELECT 1 FROM inbox o INDEXED BY inbox_copy \
+     WHERE o.message_id = messages.id AND o.kind = 0 AND o.device_id <> ?1)";
 /// Deleting a device: its inbox.
 pub const DELETE_INBOX: &str = "DELETE FROM inbox WHERE device_id = ?1";
 
