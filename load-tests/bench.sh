@@ -10,12 +10,20 @@
 #               Redis: scripts/services starts redis-server and nx-27017 on free ports,
 #               or uses MONGODB_URI / REDIS_URL when set, and stops what it started)
 #   SERVER_ENV  extra env for the server, e.g. "SWITCHBOARD_PERSIST_LINGER_MS=1"
+#   SERVER_BIN  run this server binary instead of building target/release/switchboard
+#               (to compare two builds side by side: build each, copy it, alternate)
 #   RUST_LOG    the server's log filter; KEEP_LOG=<file> keeps the server's log
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PORT=${PORT:-3100}
 BACKEND=${BACKEND:-embedded}
-cargo build --release -q -p switchboard -p loadgen
+if [ -n "${SERVER_BIN:-}" ]; then
+  [ -x "$SERVER_BIN" ] || { echo "SERVER_BIN=$SERVER_BIN is not an executable" >&2; exit 2; }
+  cargo build --release -q -p loadgen
+else
+  cargo build --release -q -p switchboard -p loadgen
+  SERVER_BIN=target/release/switchboard
+fi
 DATA=$(mktemp -d)
 ulimit -n "$(ulimit -Hn)"
 BACKEND_ENV=()
@@ -41,7 +49,7 @@ env SWITCHBOARD_BIND=127.0.0.1:$PORT SWITCHBOARD_DATA_DIR="$DATA" SWITCHBOARD_CO
   SWITCHBOARD_TENANT_RATE_PER_MINUTE=0 SWITCHBOARD_GLOBAL_RATE_PER_MINUTE=0 \
   SWITCHBOARD_IP_MAX_CONNECTIONS=0 SWITCHBOARD_IP_HANDSHAKES_PER_MINUTE=0 \
   "${BACKEND_ENV[@]}" ${SERVER_ENV:-} \
-  target/release/switchboard serve > "$DATA/server.log" 2>&1 &
+  "$SERVER_BIN" serve > "$DATA/server.log" 2>&1 &
 PID=$!
 for _ in $(seq 100); do
   curl -fsS "http://127.0.0.1:$PORT/health" >/dev/null 2>&1 && break

@@ -283,7 +283,7 @@ pub struct BulkOpts {
     /// would pass 16 MiB).
     #[arg(long, default_value_t = 10_000)]
     pub per_call: usize,
-    /// Seconds between polls of the last job.
+    /// Seconds between polls of the queue gauges (`/metrics`).
     #[arg(long, default_value_t = 0.25)]
     pub poll: f64,
     /// Priority lane of the messages.

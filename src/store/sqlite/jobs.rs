@@ -32,7 +32,8 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::{limit_i64, unavailable};
 
-const JOB_COLUMNS: &str = "id, kind, tenant_id, device_id, lane, state, attempts, target_to, \
+pub(super) const JOB_COLUMNS: &str =
+    "id, kind, tenant_id, device_id, lane, state, attempts, target_to, \
      target_group, body, message_id, error, send_at, not_before, rank, created_at, updated_at, \
      progress_done, progress_total, body_ref";
 
@@ -60,7 +61,8 @@ pub const TOTALS: &str = "SELECT tenant_id, lane, state, count FROM job_totals";
 /// Finished jobs past their retention.
 pub const PRUNABLE: &str = "SELECT rowid, tenant_id, lane, state, body_ref FROM jobs \
      INDEXED BY jobs_finished \
-     WHERE state IN ('completed', 'failed', 'cancelled') AND updated_at < ?1 LIMIT ?2";
+     WHERE (state = 'completed' OR state = 'failed' OR state = 'cancelled') \
+     AND updated_at < ?1 LIMIT ?2";
 /// Whether a job still points at a shared body.
 pub const BODY_IN_USE: &str = "SELECT 1 FROM jobs INDEXED BY jobs_body_ref \
      WHERE body_ref IS NOT NULL AND body_ref = ?1 LIMIT 1";
