@@ -32,10 +32,17 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::{limit_i64, unavailable};
 
-pub(super) const JOB_COLUMNS: &str =
-    "id, kind, tenant_id, device_id, lane, state, attempts, target_to, \
+const JOB_COLUMNS: &str = "id, kind, tenant_id, device_id, lane, state, attempts, target_to, \
      target_group, body, message_id, error, send_at, not_before, rank, created_at, updated_at, \
      progress_done, progress_total, body_ref";
+
+/// A new job's row, every column of [`JOB_COLUMNS`].
+pub(super) fn insert_job_sql() -> String {
+    format!(
+        "INSERT INTO jobs ({JOB_COLUMNS}) VALUES \
+         (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)"
+    )
+}
 
 /// A job by id.
 pub const GET_JOB: &str = "SELECT id, kind, tenant_id, device_id, lane, state, attempts, \
@@ -165,12 +172,7 @@ pub(super) fn insert_jobs(
                 .execute(params![b.id, b.tenant_id, &*b.body])
                 .map_err(unavailable)?;
         }
-        let mut stmt = tx
-            .prepare_cached(&format!(
-                "INSERT INTO jobs ({JOB_COLUMNS}) VALUES \
-                 (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)"
-            ))
-            .map_err(unavailable)?;
+        let mut stmt = tx.prepare_cached(&insert_job_sql()).map_err(unavailable)?;
         for j in jobs {
             let (body, body_ref) = match &j.body {
                 JobBody::Inline(s) => (s.as_str(), None),

@@ -402,6 +402,11 @@ mod tests {
         migrate(&mut conn).unwrap();
     }
 
+    /// The one value `sql` answers.
+    fn scalar<T: rusqlite::types::FromSql>(conn: &Connection, sql: &str) -> T {
+        conn.query_row(sql, [], |r| r.get(0)).unwrap()
+    }
+
     fn index_names(conn: &Connection) -> Vec<String> {
         let mut st = conn
             .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'inbox' ORDER BY name")
@@ -428,13 +433,10 @@ mod tests {
         )
         .unwrap();
         migrate(&mut conn).unwrap();
-        let finished: String = conn
-            .query_row(
-                "SELECT sql FROM sqlite_master WHERE name = 'jobs_finished'",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap();
+        let finished: String = scalar(
+            &conn,
+            "SELECT sql FROM sqlite_master WHERE name = 'jobs_finished'",
+        );
         assert!(!finished.contains(" IN "), "{finished}");
         let names = index_names(&conn);
         assert!(names.contains(&"inbox_copy".to_owned()), "{names:?}");
@@ -443,9 +445,7 @@ mod tests {
             !names.iter().any(|n| n.starts_with("inbox_message")),
             "{names:?}"
         );
-        let v: i64 = conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .unwrap();
+        let v: i64 = scalar(&conn, "PRAGMA user_version");
         assert_eq!(v, VERSION);
         // Still one copy per inbox: the same message at another seq is ignored.
         let written = conn
@@ -471,13 +471,10 @@ mod tests {
         .unwrap();
         migrate(&mut conn).unwrap();
         assert!(index_names(&conn).contains(&"inbox_copy".to_owned()));
-        let unique: i64 = conn
-            .query_row(
-                "SELECT \"unique\" FROM pragma_index_list('inbox') WHERE name = 'inbox_copy'",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap();
+        let unique: i64 = scalar(
+            &conn,
+            "SELECT \"unique\" FROM pragma_index_list('inbox') WHERE name = 'inbox_copy'",
+        );
         assert_eq!(unique, 0);
     }
 
@@ -488,14 +485,7 @@ mod tests {
         let mut conn = Connection::open_in_memory().unwrap();
         migrate(&mut conn).unwrap();
         let statements = [
-            format!(
-                "INSERT INTO jobs ({}) VALUES ({})",
-                super::super::jobs::JOB_COLUMNS,
-                (1..=20)
-                    .map(|i| format!("?{i}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
+            super::super::jobs::insert_job_sql(),
             super::super::jobs::CLAIM_ONE.to_owned(),
             super::super::jobs::FINISH_COMPLETED.to_owned(),
             super::super::jobs::FINISH_FAILED.to_owned(),
