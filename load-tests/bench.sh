@@ -40,6 +40,8 @@ esac
 PID=
 stop() {
   if [ -n "$PID" ]; then kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; fi
+  # Kept also when loadgen failed (a stalled run is when the log matters most).
+  if [ -n "${KEEP_LOG:-}" ]; then cp "$DATA/server.log" "$KEEP_LOG" || true; fi
   if [ "$BACKEND" = mongodb ]; then switchboard_services_stop; fi
   rm -rf "$DATA"
 }
@@ -61,4 +63,3 @@ STORE_PID=()
 if [ -n "${SWITCHBOARD_TEST_MONGODB_PID:-}" ]; then STORE_PID=(--store-pid "$SWITCHBOARD_TEST_MONGODB_PID"); fi
 target/release/loadgen --url "http://127.0.0.1:$PORT" --admin-token bench --server-pid "$PID" \
   "${STORE_PID[@]}" "$@"
-if [ -n "${KEEP_LOG:-}" ]; then cp "$DATA/server.log" "$KEEP_LOG"; fi

@@ -44,6 +44,9 @@ pub mod names {
     /// Sends whose shared budgets (cluster) did not answer, so the node's own budgets
     /// decided (counter).
     pub const BUDGET_FALLBACKS: &str = "switchboard_rate_budget_fallbacks_total";
+    /// Times this node's lease lapsed and it rejoined, dropping its connections
+    /// (counter, cluster only).
+    pub const LEASE_LAPSES: &str = "switchboard_cluster_lease_lapses_total";
 }
 
 /// Describes every family of this crate (HELP lines). Call once, after installing the
@@ -102,6 +105,11 @@ pub fn describe() {
         names::BUDGET_FALLBACKS,
         "Sends decided by this node's own rate budgets because the shared (Redis) budgets \
          did not answer in time."
+    );
+    describe_counter!(
+        names::LEASE_LAPSES,
+        "Times this node's lease lapsed (a renewal came too late) and the node rejoined, \
+         closing its connections with 1012."
     );
 }
 

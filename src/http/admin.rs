@@ -122,9 +122,13 @@ pub struct StoreFaults {
     /// Every store call fails (true) or works again (false).
     #[serde(default)]
     down: Option<bool>,
-    /// Each group commit waits this long first.
+    /// Each group commit waits this long first (the same as `delays: {"commit_rows": …}`).
     #[serde(default)]
     commit_delay_ms: Option<u64>,
+    /// Each call of a store operation (by its method name) waits this many ms first;
+    /// 0 removes the delay.
+    #[serde(default)]
+    delays: std::collections::HashMap<String, u64>,
     /// Inbox rows of this device fail (with `fail: true`) or work again.
     #[serde(default)]
     device: Option<String>,
@@ -147,7 +151,10 @@ pub async fn inject_store_faults(
         faults.set_down(down);
     }
     if let Some(ms) = body.commit_delay_ms {
-        faults.set_commit_delay(ms);
+        faults.set_delay("commit_rows", ms);
+    }
+    for (op, ms) in &body.delays {
+        faults.set_delay(op, *ms);
     }
     if let Some(device) = &body.device {
         faults.set_failing_device(device, body.fail.unwrap_or(true));

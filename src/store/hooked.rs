@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,7 +17,7 @@ use actors::store::{
 };
 use actors::webhooks::{DeliveryOutcome, DeliveryRecord, DeliveryState, EndpointRecord};
 use async_trait::async_trait;
-use dashmap::DashSet;
+use dashmap::{DashMap, DashSet};
 use protocol::rest::Contact;
 use protocol::Priority;
 
@@ -184,13 +184,14 @@ hooked_impl! {
         prune_webhook_deliveries(before: i64, limit: usize) -> StoreResult<u64>;
 }
 
-/// Test-only faults (`test_hooks`): a store outage, slow commits, and failing inbox
+/// Test-only faults (`test_hooks`): a store outage, slow calls, and failing inbox
 /// rows of chosen devices. The outage's error text is marked so tests can check it
 /// never reaches a client.
 #[derive(Debug, Default)]
 pub struct Faults {
     down: AtomicBool,
-    commit_delay_ms: AtomicU64,
+    /// Milliseconds each call of an operation (by its method name) waits first.
+    delays: DashMap<String, u64>,
     failing_devices: Arc<DashSet<String>>,
 }
 
@@ -203,9 +204,14 @@ impl Faults {
         self.down.store(down, Ordering::SeqCst);
     }
 
-    /// Each group commit waits this long first.
-    pub fn set_commit_delay(&self, ms: u64) {
-        self.commit_delay_ms.store(ms, Ordering::SeqCst);
+    /// Each call of `op` (a [`Store`] method's name) waits `ms` first; 0 removes the
+    /// delay.
+    pub fn set_delay(&self, op: &str, ms: u64) {
+        if ms == 0 {
+            self.delays.remove(op);
+        } else {
+            self.delays.insert(op.to_owned(), ms);
+        }
     }
 
     /// The inbox rows of `device_id` fail to commit (`fail`) or work again.
@@ -227,8 +233,7 @@ impl StoreHook for Arc<Faults> {
     }
 
     fn delay(&self, op: &'static str) -> Option<Duration> {
-        let ms = self.commit_delay_ms.load(Ordering::SeqCst);
-        (op == "commit_rows" && ms > 0).then(|| Duration::from_millis(ms))
+        self.delays.get(op).map(|ms| Duration::from_millis(*ms))
     }
 
     fn fails_row(&self, row: &InboxRow) -> bool {

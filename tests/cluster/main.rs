@@ -9,6 +9,7 @@ mod common;
 mod faults;
 #[allow(dead_code)]
 mod harness;
+mod heartbeat;
 mod load;
 mod messaging;
 mod queue;

@@ -223,6 +223,7 @@ impl Membership {
     fn lapse(&self) {
         let inc = self.incarnation.fetch_add(1, Ordering::AcqRel) + 1;
         tracing::warn!(node = %self.me, incarnation = inc, "node lease lapsed: rejoining");
+        metrics::counter!(crate::metrics::names::LEASE_LAPSES).increment(1);
         let _ = self.rejoins.send(inc);
     }
 

@@ -1,5 +1,11 @@
-//! The background work of a cluster node: the heartbeat (lease, registry, job claim
-//! leases, dead nodes' jobs), noticing nodes that died, and the rejoin after a lapse.
+//! The background work of a cluster node, in two loops so that a slow store call of
+//! one never delays the other:
+//! - the **heartbeat**: the node's lease, the registry, noticing nodes that died, and
+//!   the rejoin after a lapse;
+//! - the **job claims**: renewing the leases of this node's job claims and putting
+//!   back dead nodes' claims. These calls touch up to `queue_concurrency` jobs each and
+//!   can take seconds on a loaded store; were they in the heartbeat, they would hold
+//!   back the next renewal of the node's lease and make a live node lapse.
 
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
@@ -13,11 +19,21 @@ use crate::device::DeviceMsg;
 use crate::store::NodeLoad;
 use crate::Env;
 
-/// Heartbeats between two passes taking back dead nodes' jobs.
+/// Passes of the job-claims loop between two passes taking back lapsed job claims.
 const RECLAIM_EVERY: u32 = 5;
 
 /// Starts the node's background work (until the environment is dropped).
 pub fn spawn(env: &Arc<Env>) {
+    if env.cluster.is_none() {
+        return;
+    }
+    spawn_heartbeat(env);
+    spawn_job_claims(env);
+}
+
+/// The lease heartbeat: renews the node's lease, reads the registry, tells the
+/// connection layer about nodes that died.
+fn spawn_heartbeat(env: &Arc<Env>) {
     let Some(cluster) = env.cluster.clone() else {
         return;
     };
@@ -27,15 +43,11 @@ pub fn spawn(env: &Arc<Env>) {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut alive: HashSet<String> = HashSet::new();
-        // Dead nodes whose job claims were put back (once each).
-        let mut released: HashSet<String> = HashSet::new();
-        let mut beats: u32 = 0;
         loop {
             tick.tick().await;
             let Some(env) = weak.upgrade() else {
                 return;
             };
-            beats = beats.wrapping_add(1);
             let load = NodeLoad {
                 connections: env.stats.connections.load(Ordering::Relaxed),
                 sessions: env.directory.running_count() as u64,
@@ -45,40 +57,76 @@ pub fn spawn(env: &Arc<Env>) {
                 rejoin(&env);
             }
             if cluster.membership.refresh().await.is_ok() {
-                let now: HashSet<String> = cluster
-                    .membership
-                    .nodes()
-                    .into_iter()
-                    .filter(|n| cluster.membership.alive(&n.id))
-                    .map(|n| n.id)
-                    .collect();
+                let now = live_nodes(&cluster);
                 for gone in alive.difference(&now) {
                     tracing::warn!(node = %gone, "node gone (its lease ran out)");
                     cluster.node_gone(gone);
                 }
-                // Every dead node in the registry (also one that died before this node
-                // started): its job claims go back now rather than when their lease runs
-                // out (a job's send is idempotent by job id, and only the claim's owner
-                // may finish it, so a node that was only paused does no harm).
-                for node in cluster.membership.nodes() {
-                    if now.contains(&node.id) || !released.insert(node.id.clone()) {
-                        continue;
-                    }
-                    match env.store.release_job_claims(&node.id).await {
-                        Ok(0) => {}
-                        Ok(n) => {
-                            tracing::warn!(node = %node.id, jobs = n, "jobs of a dead node put back in the queue");
-                            env.dispatcher.wake();
-                        }
-                        Err(e) => {
-                            released.remove(&node.id);
-                            tracing::warn!(error = %e, "could not put a dead node's jobs back");
-                        }
-                    }
-                }
-                released.retain(|id| !now.contains(id));
                 alive = now;
             }
+        }
+    });
+}
+
+/// The registered nodes whose lease holds, as this node last read the registry.
+fn live_nodes(cluster: &super::Cluster) -> HashSet<String> {
+    cluster
+        .membership
+        .nodes()
+        .into_iter()
+        .filter(|n| cluster.membership.alive(&n.id))
+        .map(|n| n.id)
+        .collect()
+}
+
+/// The job claims: renews this node's, and puts back those of dead nodes (once per
+/// dead node, from the registry the heartbeat keeps) and any whose lease ran out.
+fn spawn_job_claims(env: &Arc<Env>) {
+    let Some(cluster) = env.cluster.clone() else {
+        return;
+    };
+    let weak = Arc::downgrade(env);
+    let every = cluster.settings.heartbeat;
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Dead nodes whose job claims were put back (once each).
+        let mut released: HashSet<String> = HashSet::new();
+        let mut passes: u32 = 0;
+        loop {
+            tick.tick().await;
+            let Some(env) = weak.upgrade() else {
+                return;
+            };
+            passes = passes.wrapping_add(1);
+            // Every dead node in the registry (also one that died before this node
+            // started): its job claims go back now rather than when their lease runs
+            // out (a job's send is idempotent by job id, and only the claim's owner
+            // may finish it, so a node that was only paused does no harm).
+            let now = live_nodes(&cluster);
+            for node in cluster.membership.nodes() {
+                if now.contains(&node.id) || released.contains(&node.id) {
+                    continue;
+                }
+                // The view may be stale (the heartbeat's last read failed): read the
+                // registry again before taking a node for dead.
+                if cluster.membership.alive_fresh(&node.id).await {
+                    continue;
+                }
+                released.insert(node.id.clone());
+                match env.store.release_job_claims(&node.id).await {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        tracing::warn!(node = %node.id, jobs = n, "jobs of a dead node put back in the queue");
+                        env.dispatcher.wake();
+                    }
+                    Err(e) => {
+                        released.remove(&node.id);
+                        tracing::warn!(error = %e, "could not put a dead node's jobs back");
+                    }
+                }
+            }
+            released.retain(|id| !now.contains(id));
             let lease = i64::try_from(env.settings.job_lease.as_millis()).unwrap_or(i64::MAX / 4);
             if let Err(e) = env
                 .store
@@ -87,7 +135,7 @@ pub fn spawn(env: &Arc<Env>) {
             {
                 tracing::warn!(error = %e, "could not renew job claims");
             }
-            if beats.is_multiple_of(RECLAIM_EVERY) {
+            if passes.is_multiple_of(RECLAIM_EVERY) {
                 let skew = i64::try_from(cluster.settings.skew.as_millis()).unwrap_or(0);
                 match env.store.reclaim_jobs(now_ms() - skew).await {
                     Ok(0) => {}

@@ -114,10 +114,12 @@ pub(super) fn held_owner_query(device_id: &str, node: &str, epoch: i64) -> Known
 }
 
 // ---- nodes ----
+// Through the registry's own client (`Inner::control_coll`): a lease renewal never
+// queues behind the store's other work.
 
 pub(super) async fn put_node(s: &Inner, n: &NodeRecord) -> StoreResult<()> {
     let q = node_query("put_node", &n.id);
-    s.coll::<NodeDoc>(q.collection)
+    s.control_coll::<NodeDoc>(q.collection)
         .replace_one(q.filter, node_doc(n)?)
         .upsert(true)
         .await
@@ -133,7 +135,7 @@ pub(super) async fn renew_node(
 ) -> StoreResult<bool> {
     let q = node_query("renew_node", id);
     let r = s
-        .coll::<Document>(q.collection)
+        .control_coll::<Document>(q.collection)
         .update_one(
             q.filter,
             doc! { "$set": {
@@ -151,7 +153,7 @@ pub(super) async fn renew_node(
 pub(super) async fn list_nodes(s: &Inner) -> StoreResult<Vec<NodeRecord>> {
     let q = nodes_query();
     find_all(
-        &s.coll::<NodeDoc>(q.collection),
+        &s.control_coll::<NodeDoc>(q.collection),
         q.filter,
         q.sort,
         None,
@@ -165,7 +167,7 @@ pub(super) async fn list_nodes(s: &Inner) -> StoreResult<Vec<NodeRecord>> {
 
 pub(super) async fn remove_node(s: &Inner, id: &str) -> StoreResult<()> {
     let q = node_query("remove_node", id);
-    s.coll::<Document>(q.collection)
+    s.control_coll::<Document>(q.collection)
         .delete_one(q.filter)
         .await
         .map_err(map_err)?;

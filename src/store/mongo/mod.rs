@@ -23,6 +23,10 @@
 //! - Every integer is an Int64 in BSON; reads decode through serde structs with `i64`
 //!   fields, which also accept the Int32 some servers answer with.
 //! - The URI is never logged nor put in an error: [`redacted_uri`] is what logs see.
+//! - **The node registry has a pool of its own** ([`CONTROL_POOL`] connections): a
+//!   node's lease renewal must not wait for a connection behind hundreds of queued
+//!   commits and claims when the store is loaded, or a live node would lapse and drop
+//!   every connection it holds.
 //!
 //! Where the trait's contract says "one transaction", this store gets as close as
 //! single-document atomicity allows, and no closer:
@@ -203,6 +207,9 @@ impl Default for MongoSettings {
 
 /// The database used when neither the settings nor the URI name one.
 pub const DEFAULT_DATABASE: &str = "switchboard";
+/// Connections of the node registry's own client: one call at a time per node, and
+/// one spare.
+pub const CONTROL_POOL: u32 = 2;
 
 /// `uri` with its password replaced by `***`, for logs.
 pub fn redacted_uri(uri: &str) -> String {
@@ -232,6 +239,8 @@ pub struct MongoStore {
 
 pub(crate) struct Inner {
     db: Database,
+    /// The same database through a client of its own (the node registry's calls).
+    control: Database,
     /// The write concern as a command field, for commands sent with `run_command`
     /// (which applies none by itself).
     write_concern: Document,
@@ -325,6 +334,12 @@ impl MongoStore {
             .or_else(|| options.default_database.clone())
             .unwrap_or_else(|| DEFAULT_DATABASE.to_owned());
 
+        let mut control_options = options.clone();
+        control_options.max_pool_size = Some(CONTROL_POOL);
+        control_options.min_pool_size = Some(0);
+        let control = Client::with_options(control_options)
+            .map_err(map_err)?
+            .database(&database);
         let client = Client::with_options(options).map_err(map_err)?;
         let db = client.database(&database);
         db.run_command(doc! { "ping": 1 }).await.map_err(|e| {
@@ -335,6 +350,7 @@ impl MongoStore {
         let store = MongoStore {
             inner: Arc::new(Inner {
                 db,
+                control,
                 write_concern,
                 socket_timeout: settings.socket_timeout,
             }),
@@ -410,6 +426,11 @@ impl MongoStore {
 impl Inner {
     pub(crate) fn coll<T: Send + Sync>(&self, name: &str) -> Collection<T> {
         self.db.collection(name)
+    }
+
+    /// A collection through the node registry's own client (see [`CONTROL_POOL`]).
+    pub(crate) fn control_coll<T: Send + Sync>(&self, name: &str) -> Collection<T> {
+        self.control.collection(name)
     }
 
     pub(crate) fn db(&self) -> &Database {
