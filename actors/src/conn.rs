@@ -19,7 +19,10 @@ use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::Notify;
+
+pub use crate::frame_queue::{frame_queue, FrameReceiver, FrameSender};
 
 /// An encoded text frame.
 pub type Frame = Arc<str>;
@@ -96,7 +99,7 @@ pub struct ConnHandle {
     /// Connection id, unique in the process.
     pub id: u64,
     /// Outbound frames (bounded).
-    pub tx: mpsc::Sender<Frame>,
+    pub tx: FrameSender,
     /// Close request.
     pub close: Arc<CloseSignal>,
     /// The writer's progress.
@@ -108,12 +111,7 @@ pub struct ConnHandle {
 
 impl ConnHandle {
     /// A handle over a connection's channel, close signal and writer progress.
-    pub fn new(
-        id: u64,
-        tx: mpsc::Sender<Frame>,
-        close: Arc<CloseSignal>,
-        progress: Arc<Progress>,
-    ) -> Self {
+    pub fn new(id: u64, tx: FrameSender, close: Arc<CloseSignal>, progress: Arc<Progress>) -> Self {
         progress.touch();
         ConnHandle {
             id,
@@ -126,7 +124,7 @@ impl ConnHandle {
     }
 
     /// The handle's parts, without closing the connection (another holder takes it).
-    pub fn into_parts(mut self) -> (u64, mpsc::Sender<Frame>, Arc<CloseSignal>, Arc<Progress>) {
+    pub fn into_parts(mut self) -> (u64, FrameSender, Arc<CloseSignal>, Arc<Progress>) {
         self.armed = false;
         (
             self.id,
@@ -144,11 +142,11 @@ impl ConnHandle {
         }
         match self.tx.try_send(frame) {
             Ok(()) => Push::Queued,
-            Err(mpsc::error::TrySendError::Full(frame)) => {
+            Err(TrySendError::Full(frame)) => {
                 self.overflow.push_back(frame);
                 Push::Queued
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => Push::Gone,
+            Err(TrySendError::Closed(_)) => Push::Gone,
         }
     }
 
@@ -157,11 +155,11 @@ impl ConnHandle {
         while let Some(frame) = self.overflow.pop_front() {
             match self.tx.try_send(frame) {
                 Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(frame)) => {
+                Err(TrySendError::Full(frame)) => {
                     self.overflow.push_front(frame);
                     return true;
                 }
-                Err(mpsc::error::TrySendError::Closed(_)) => {
+                Err(TrySendError::Closed(_)) => {
                     self.overflow.clear();
                     return false;
                 }
@@ -210,8 +208,8 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    fn handle(capacity: usize) -> (ConnHandle, mpsc::Receiver<Frame>, Arc<CloseSignal>) {
-        let (tx, rx) = mpsc::channel(capacity);
+    fn handle(capacity: usize) -> (ConnHandle, FrameReceiver, Arc<CloseSignal>) {
+        let (tx, rx) = frame_queue(capacity);
         let close = Arc::new(CloseSignal::default());
         let h = ConnHandle::new(1, tx, close.clone(), Arc::new(Progress::default()));
         (h, rx, close)

@@ -24,6 +24,7 @@ pub mod device;
 pub mod directory;
 pub mod dispatcher;
 pub mod env;
+pub mod frame_queue;
 pub mod jobs;
 pub mod limits;
 pub mod media;

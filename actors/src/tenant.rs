@@ -4,6 +4,7 @@
 //! device's session for good.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -100,6 +101,8 @@ pub enum TenantMsg {
     Remove(String, RpcReplyPort<()>),
     /// A failed session's backoff is over: start it again.
     RestartDue(String),
+    /// Periodic: asks each running session without clients whether it is idle.
+    IdleSweep,
 }
 
 impl TenantState {
@@ -177,9 +180,11 @@ impl Actor for TenantSupervisor {
 
     async fn pre_start(
         &self,
-        _myself: ActorRef<TenantMsg>,
+        myself: ActorRef<TenantMsg>,
         args: TenantArgs,
     ) -> Result<TenantState, ActorProcessingErr> {
+        let period = crate::device::idle_check_period(&args.env.settings);
+        myself.send_interval(period, || TenantMsg::IdleSweep);
         Ok(TenantState {
             env: args.env,
             tenant_id: args.tenant_id,
@@ -218,6 +223,15 @@ impl Actor for TenantSupervisor {
                             .spawn(&myself, device, 0, RestartHistory::default())
                             .await;
                         let _ = reply.send(started);
+                    }
+                }
+            }
+            TenantMsg::IdleSweep => {
+                for slot in state.slots.values() {
+                    let Some(actor) = &slot.actor else { continue };
+                    // A session with clients is never idle; it hears nothing.
+                    if !slot.stopping && slot.gauge.connections.load(Ordering::Relaxed) == 0 {
+                        let _ = actor.cast(DeviceMsg::IdleCheck);
                     }
                 }
             }

@@ -5,13 +5,14 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actors::conn::{next_conn_id, CloseSignal, ConnHandle, Frame, Progress};
+use actors::conn::{
+    frame_queue, next_conn_id, CloseSignal, ConnHandle, Frame, FrameReceiver, FrameSender, Progress,
+};
 use actors::device::{routing, Attached, DeviceMsg, Responder, SendRequest};
 use actors::limits::{Control, ControlBudgets};
 use actors::store::DeviceRecord;
 use protocol::error::close;
 use protocol::{ClientFrame, ErrorCode, ServerFrame};
-use tokio::sync::mpsc;
 
 use super::socket::{Incoming, InputError, Socket};
 use crate::http::messages::read_page;
@@ -81,7 +82,7 @@ impl Connection {
 
     /// Attaches to the device session, sends `ready`, then serves frames until closed.
     pub async fn run(self, mut socket: Socket) {
-        let (tx, mut rx) = mpsc::channel::<Frame>(self.state.env.settings.outbound_buffer);
+        let (tx, mut rx) = frame_queue(self.state.env.settings.outbound_buffer);
         let progress = Arc::new(Progress::default());
         // The slow-reader clock starts at the connect.
         progress.touch();
@@ -126,7 +127,7 @@ impl Connection {
     /// first) closes only that try's signal, never the connection that attaches next.
     async fn attach(
         &self,
-        tx: &mpsc::Sender<Frame>,
+        tx: &FrameSender,
         progress: &Arc<Progress>,
     ) -> Option<(Attached, Arc<CloseSignal>)> {
         let env = &self.state.env;
@@ -158,7 +159,7 @@ impl Connection {
     async fn serve(
         &self,
         socket: &mut Socket,
-        rx: &mut mpsc::Receiver<Frame>,
+        rx: &mut FrameReceiver,
         signal: &CloseSignal,
         budgets: &ControlBudgets,
         progress: &Progress,

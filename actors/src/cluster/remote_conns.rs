@@ -14,11 +14,12 @@ use std::sync::Arc;
 
 use dashmap::DashMap;
 use protocol::error::close;
-use tokio::sync::mpsc;
 
 use super::bus::Bus;
 use super::envelope::Cast;
-use crate::conn::{CloseSignal, ConnHandle, Frame, Progress};
+use crate::conn::{
+    frame_queue, CloseSignal, ConnHandle, Frame, FrameReceiver, FrameSender, Progress,
+};
 
 /// Frames per [`Cast::Frames`], at most.
 const FRAMES_PER_CAST: usize = 256;
@@ -26,7 +27,7 @@ const FRAMES_PER_CAST: usize = 256;
 struct Attachment {
     device: String,
     node: String,
-    tx: mpsc::Sender<Frame>,
+    tx: FrameSender,
     close: Arc<CloseSignal>,
 }
 
@@ -96,12 +97,12 @@ impl RemoteConns {
             for f in frames {
                 match a.tx.try_send(f) {
                     Ok(()) => {}
-                    Err(mpsc::error::TrySendError::Full(_)) => {
+                    Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
                         a.close.close(close::TOO_SLOW);
                         gone = true;
                         break;
                     }
-                    Err(mpsc::error::TrySendError::Closed(_)) => {
+                    Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => {
                         gone = true;
                         break;
                     }
@@ -156,7 +157,7 @@ impl RemoteConns {
         conn: u64,
         buffer: usize,
     ) -> ConnHandle {
-        let (tx, rx) = mpsc::channel(buffer.max(1));
+        let (tx, rx) = frame_queue(buffer.max(1));
         let signal = Arc::new(CloseSignal::default());
         let progress = Arc::new(Progress::default());
         let stop = Arc::new(CloseSignal::default());
@@ -189,12 +190,12 @@ async fn forward_loop(
     bus: Arc<Bus>,
     node: String,
     conn: u64,
-    mut rx: mpsc::Receiver<Frame>,
+    mut rx: FrameReceiver,
     signal: Arc<CloseSignal>,
     stop: Arc<CloseSignal>,
     progress: Arc<Progress>,
 ) {
-    let drain = |rx: &mut mpsc::Receiver<Frame>, first: Option<Frame>| {
+    let drain = |rx: &mut FrameReceiver, first: Option<Frame>| {
         let mut frames: Vec<Frame> = first.into_iter().collect();
         while frames.len() < FRAMES_PER_CAST {
             match rx.try_recv() {

@@ -52,6 +52,15 @@ use crate::Env;
 /// The device session actor.
 pub struct DeviceSession;
 
+/// How often sessions without clients are asked whether they have been idle for
+/// `session_idle` (and stop if so).
+pub fn idle_check_period(settings: &crate::settings::Settings) -> std::time::Duration {
+    (settings.session_idle / 2).clamp(
+        std::time::Duration::from_millis(10),
+        std::time::Duration::from_secs(30),
+    )
+}
+
 /// Arguments of a device session.
 pub struct DeviceArgs {
     /// Shared context.
@@ -265,9 +274,11 @@ pub struct DeviceState {
     tenure: Option<Tenure>,
     /// Whether `device.connected` was the last webhook event recorded for the device.
     announced_connected: bool,
-    /// The task recording the last connect / disconnect event: the next one waits for
-    /// it, so they reach the outbox in order.
-    last_announcement: Option<tokio::task::JoinHandle<()>>,
+    /// Answered when the task recording the last connect / disconnect event is done:
+    /// the next one waits for it, so they reach the outbox in order. (A signal rather
+    /// than the task's `JoinHandle`, which would keep the finished task's memory for as
+    /// long as the device stays connected.)
+    last_announcement: Option<oneshot::Receiver<()>>,
 }
 
 /// A session's claim on its device in a cluster (`docs/cluster.md`).
@@ -376,11 +387,9 @@ impl Actor for DeviceSession {
                 return Ok(());
             }
         }
-        let period = (state.env.settings.session_idle / 2).clamp(
-            std::time::Duration::from_millis(10),
-            std::time::Duration::from_secs(30),
-        );
-        myself.send_interval(period, || DeviceMsg::IdleCheck);
+        // No timer of its own: the tenant supervisor sends `IdleCheck` to its sessions
+        // without clients every `idle_check_period` (one timer per tenant, not one task
+        // per session).
         Ok(())
     }
 
@@ -422,6 +431,8 @@ impl DeviceSession {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             DeviceMsg::Attach(conn, reply) => {
+                // Most devices hold one connection: no room for four kept per session.
+                state.conns.reserve_exact(1);
                 state.conns.push(conn);
                 state.touch_last_seen();
                 let _ = reply.send(Ok(Attached {
@@ -607,14 +618,18 @@ impl DeviceState {
         );
         let env = self.env.clone();
         let previous = self.last_announcement.take();
-        self.last_announcement = Some(tokio::spawn(async move {
+        let (done, finished) = oneshot::channel();
+        self.last_announcement = Some(finished);
+        tokio::spawn(async move {
             if let Some(p) = previous {
+                // Answered or dropped (the task ended either way).
                 let _ = p.await;
             }
             if env.webhooks.wants_any(&event.tenant_id, &[kind]).await {
                 env.webhooks.record_or_log(vec![event]).await;
             }
-        }));
+            let _ = done.send(());
+        });
     }
 
     fn remember(&mut self, client_id: String, entry: Recent) {
