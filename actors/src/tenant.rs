@@ -1,7 +1,8 @@
 //! A tenant's supervisor: starts its device sessions on demand, restarts a session that
 //! fails (that session only) after a backoff, escalates when one fails too often (see
-//! [`crate::supervision`]), hands out no session that is stopping, and stops a deleted
-//! device's session for good.
+//! [`crate::supervision`]), hands out no session that is stopping, stops a deleted
+//! device's session for good, and asks its sessions without clients whether they are
+//! idle (one timer per tenant, so a session needs no timer task of its own).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;

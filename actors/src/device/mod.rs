@@ -196,7 +196,8 @@ pub enum DeviceMsg {
     Kick(u16),
     /// Live view.
     Info(RpcReplyPort<SessionInfo>),
-    /// Periodic: stop when idle long enough.
+    /// From the tenant supervisor, periodically while no client is attached: stop when
+    /// idle long enough.
     IdleCheck,
     /// Try again to finish a resync whose read of the durable seq failed.
     Resync,
