@@ -55,15 +55,7 @@ async fn calls(server: &TestServer, op: &str) -> u64 {
 
 /// Lapses counted in `/metrics` (0 while the counter was never touched).
 async fn lapses(server: &TestServer) -> u64 {
-    let text = server
-        .http
-        .get(format!("{}/metrics", server.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = server.metrics_text().await;
     text.lines()
         .find(|l| l.starts_with("switchboard_cluster_lease_lapses_total"))
         .and_then(|l| l.split_whitespace().last())

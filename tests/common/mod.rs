@@ -89,6 +89,18 @@ impl TestServer {
         call(&self.http, &self.base, method, path, bearer, body).await
     }
 
+    /// One scrape of `/metrics`, as text.
+    pub async fn metrics_text(&self) -> String {
+        self.http
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// Stops the server (drain) and waits for it.
     pub async fn stop(&mut self) {
         if let Some(r) = self.running.take() {

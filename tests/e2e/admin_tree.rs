@@ -531,15 +531,7 @@ async fn wait_dispatcher(server: &TestServer, pred: impl Fn(&Value) -> bool) -> 
 
 /// `switchboard_queue_depth{lane="…"}` from one `/metrics` scrape.
 async fn metric_depth(server: &TestServer, lane: &str) -> Option<f64> {
-    let text = server
-        .http
-        .get(format!("{}/metrics", server.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = server.metrics_text().await;
     assert!(
         text.contains("# TYPE switchboard_queue_depth gauge"),
         "{text}"

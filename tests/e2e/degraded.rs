@@ -75,15 +75,7 @@ async fn redis_away_degrades_to_memory_and_comes_back() {
     })
     .await;
     assert_eq!(body["ready"], true, "{body}");
-    let text = server
-        .http
-        .get(format!("{}/metrics", server.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = server.metrics_text().await;
     assert!(
         text.contains(r#"switchboard_dependency_up{dependency="redis"} 0"#),
         "no redis-down metric"

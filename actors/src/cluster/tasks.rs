@@ -9,7 +9,7 @@
 
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use protocol::error::close;
 
@@ -31,17 +31,24 @@ pub fn spawn(env: &Arc<Env>) {
     spawn_job_claims(env);
 }
 
+/// What a loop of the node needs: the environment (weak: the loop ends with it), the
+/// cluster, and a ticker of the heartbeat period that does not bunch up missed ticks.
+fn every_heartbeat(
+    env: &Arc<Env>,
+) -> Option<(Weak<Env>, Arc<super::Cluster>, tokio::time::Interval)> {
+    let cluster = env.cluster.clone()?;
+    let mut tick = tokio::time::interval(cluster.settings.heartbeat);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    Some((Arc::downgrade(env), cluster, tick))
+}
+
 /// The lease heartbeat: renews the node's lease, reads the registry, tells the
 /// connection layer about nodes that died.
 fn spawn_heartbeat(env: &Arc<Env>) {
-    let Some(cluster) = env.cluster.clone() else {
+    let Some((weak, cluster, mut tick)) = every_heartbeat(env) else {
         return;
     };
-    let weak = Arc::downgrade(env);
-    let every = cluster.settings.heartbeat;
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut alive: HashSet<String> = HashSet::new();
         loop {
             tick.tick().await;
@@ -82,14 +89,10 @@ fn live_nodes(cluster: &super::Cluster) -> HashSet<String> {
 /// The job claims: renews this node's, and puts back those of dead nodes (once per
 /// dead node, from the registry the heartbeat keeps) and any whose lease ran out.
 fn spawn_job_claims(env: &Arc<Env>) {
-    let Some(cluster) = env.cluster.clone() else {
+    let Some((weak, cluster, mut tick)) = every_heartbeat(env) else {
         return;
     };
-    let weak = Arc::downgrade(env);
-    let every = cluster.settings.heartbeat;
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Dead nodes whose job claims were put back (once each).
         let mut released: HashSet<String> = HashSet::new();
         let mut passes: u32 = 0;
