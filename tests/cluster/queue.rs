@@ -22,22 +22,30 @@ async fn admin(cluster: &Cluster, node: usize, method: &str, path: &str) -> (u16
     .await
 }
 
-async fn completed(cluster: &Cluster, node: usize) -> u64 {
+async fn queue_stats(cluster: &Cluster, node: usize) -> Value {
     let (s, st) = admin(cluster, node, "GET", "/admin/queues/stats").await;
     assert_eq!(s, 200, "{st}");
-    st["completed"].as_u64().unwrap()
+    st
+}
+
+async fn completed(cluster: &Cluster, node: usize) -> u64 {
+    queue_stats(cluster, node).await["completed"]
+        .as_u64()
+        .unwrap()
 }
 
 async fn wait_completed(cluster: &Cluster, node: usize, n: u64, within: Duration) {
     let deadline = Instant::now() + within;
     loop {
-        let done = completed(cluster, node).await;
+        let stats = queue_stats(cluster, node).await;
+        let done = stats["completed"].as_u64().unwrap();
         if done >= n {
             return;
         }
+        // On a timeout, say where the jobs are (waiting, delayed, active, per lane).
         assert!(
             Instant::now() < deadline,
-            "{done} of {n} jobs completed\n{}",
+            "{done} of {n} jobs completed; queue {stats}\n{}",
             cluster.logs()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
