@@ -21,6 +21,8 @@ use crate::Env;
 
 /// Passes of the job-claims loop between two passes taking back lapsed job claims.
 const RECLAIM_EVERY: u32 = 5;
+/// Renewals of this node's job claims within one job lease (at most one per heartbeat).
+const RENEWALS_PER_LEASE: u32 = 5;
 
 /// Starts the node's background work (until the environment is dropped).
 pub fn spawn(env: &Arc<Env>) {
@@ -92,10 +94,15 @@ fn spawn_job_claims(env: &Arc<Env>) {
     let Some((weak, cluster, mut tick)) = every_heartbeat(env) else {
         return;
     };
+    // A claim's lease is `RENEWALS_PER_LEASE` renewal periods long: renewing it every
+    // heartbeat would be an `update_many` over every active job several times a second,
+    // for nothing (on the single-threaded test store it starved the sends).
+    let renew_every = (env.settings.job_lease / RENEWALS_PER_LEASE).max(cluster.settings.heartbeat);
     tokio::spawn(async move {
         // Dead nodes whose job claims were put back (once each).
         let mut released: HashSet<String> = HashSet::new();
         let mut passes: u32 = 0;
+        let mut last_renewal: Option<tokio::time::Instant> = None;
         loop {
             tick.tick().await;
             let Some(env) = weak.upgrade() else {
@@ -130,13 +137,18 @@ fn spawn_job_claims(env: &Arc<Env>) {
                 }
             }
             released.retain(|id| !now.contains(id));
-            let lease = i64::try_from(env.settings.job_lease.as_millis()).unwrap_or(i64::MAX / 4);
-            if let Err(e) = env
-                .store
-                .renew_job_claims(cluster.me(), now_ms() + lease)
-                .await
-            {
-                tracing::warn!(error = %e, "could not renew job claims");
+            if last_renewal.is_none_or(|t| t.elapsed() >= renew_every) {
+                let started = tokio::time::Instant::now();
+                let lease =
+                    i64::try_from(env.settings.job_lease.as_millis()).unwrap_or(i64::MAX / 4);
+                match env
+                    .store
+                    .renew_job_claims(cluster.me(), now_ms() + lease)
+                    .await
+                {
+                    Ok(_) => last_renewal = Some(started),
+                    Err(e) => tracing::warn!(error = %e, "could not renew job claims"),
+                }
             }
             if passes.is_multiple_of(RECLAIM_EVERY) {
                 let skew = i64::try_from(cluster.settings.skew.as_millis()).unwrap_or(0);
