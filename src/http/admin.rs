@@ -122,9 +122,6 @@ pub struct StoreFaults {
     /// Every store call fails (true) or works again (false).
     #[serde(default)]
     down: Option<bool>,
-    /// Each group commit waits this long first (the same as `delays: {"commit_rows": …}`).
-    #[serde(default)]
-    commit_delay_ms: Option<u64>,
     /// Each call of a store operation (by its method name) waits this many ms first;
     /// 0 removes the delay.
     #[serde(default)]
@@ -149,9 +146,6 @@ pub async fn inject_store_faults(
     };
     if let Some(down) = body.down {
         faults.set_down(down);
-    }
-    if let Some(ms) = body.commit_delay_ms {
-        faults.set_delay("commit_rows", ms);
     }
     for (op, ms) in &body.delays {
         faults.set_delay(op, *ms);

@@ -127,7 +127,7 @@ async fn queued_jobs_are_claimed_fairly_across_tenants() {
             "POST",
             "/admin/test/store",
             Some(&server.admin_token),
-            Some(json!({"commit_delay_ms": 5})),
+            Some(json!({"delays": {"commit_rows": 5}})),
         )
         .await;
     assert_eq!(status, 204);

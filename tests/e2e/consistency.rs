@@ -28,7 +28,7 @@ async fn ready_never_counts_a_seq_that_is_not_durable() {
     let b = t.device().await;
     let token = t.token(&a).await;
     let mut a1 = Ws::connect(&t.ws_base, &token).await;
-    faults(&server, json!({"commit_delay_ms": 1500})).await;
+    faults(&server, json!({"delays": {"commit_rows": 1500}})).await;
     a1.send(json!({"type": "send", "id": "slow", "to": b.address, "body": {"n": 1}}))
         .await;
     // The ping is answered after the send was handed to the session.
@@ -45,7 +45,7 @@ async fn ready_never_counts_a_seq_that_is_not_durable() {
     assert_eq!(ack["seq"], 1, "{ack}");
     let echo = a2.recv_type("message").await;
     assert_eq!(echo["seq"], 1, "{echo}");
-    faults(&server, json!({"commit_delay_ms": 0})).await;
+    faults(&server, json!({"delays": {"commit_rows": 0}})).await;
 }
 
 /// An idle session stops only once its work is done: a send is either answered 201

@@ -157,7 +157,7 @@ impl RemoteConns {
         conn: u64,
         buffer: usize,
     ) -> ConnHandle {
-        let (tx, rx) = frame_queue(buffer.max(1));
+        let (tx, rx) = frame_queue(buffer);
         let signal = Arc::new(CloseSignal::default());
         let progress = Arc::new(Progress::default());
         let stop = Arc::new(CloseSignal::default());
